@@ -1,0 +1,5 @@
+import sys
+
+from crawler_stub.server import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""Every Redis key name and stream default, in one place.
+
+Keys derived from the stream name (dead letters, delayed retries, schedule, results) share its hash tag,
+so on Redis Cluster a stream named ``{goodshunter}:task:queue`` keeps every multi-key script in one slot.
+The per-task status keys are fixed by the Go original and are never touched by a multi-key script.
+"""
+
+from typing import Final
+
+DEFAULT_STREAM: Final = "goodshunter:task:queue"
+DEFAULT_GROUP: Final = "scheduler_group"
+DATA_FIELD: Final = "data"
+
+# Go original: status keys written after each crawl, 24 h TTL.
+CRAWL_STATUS_KEY: Final = "task:crawl_status:{task_id}"
+CRAWL_MESSAGE_KEY: Final = "task:crawl_message:{task_id}"
+STATUS_TTL_SECONDS: Final = 24 * 3600
+
+DEFAULT_MAX_ENTRY_BYTES: Final = 64 * 1024
+DEFAULT_DLQ_MAXLEN: Final = 100_000
+DEFAULT_RESULTS_MAXLEN: Final = 100_000
+DEFAULT_STREAM_MAXLEN: Final = 100_000
+
+
+def dlq_stream(stream: str) -> str:
+    return f"{stream}:dlq"
+
+
+def delayed_set(stream: str) -> str:
+    """Sorted set of retries waiting for their back-off delay (score: due time in ms)."""
+    return f"{stream}:delayed"
+
+
+def schedule_set(stream: str) -> str:
+    """Sorted set of periodic tasks (member: task id, score: next run in ms)."""
+    return f"{stream}:schedule"
+
+
+def results_stream(stream: str) -> str:
+    return f"{stream}:results"
+
+
+def inflight_key(stream: str, task_id: int) -> str:
+    """Marker that an execute of this task is queued or running: collapses duplicates."""
+    return f"{stream}:inflight:{task_id}"
+
+
+def seen_items_key(stream: str, task_id: int) -> str:
+    return f"{stream}:seen:{task_id}"
+
+
+def heartbeat_key(stream: str, group: str, consumer: str) -> str:
+    return f"{stream}:heartbeat:{group}:{consumer}"
+
+
+def task_spec_key(task_id: int) -> str:
+    return f"goodshunter:task:spec:{task_id}"
+
+
+TASK_INDEX_KEY: Final = "goodshunter:task:ids"
+STATS_KEY_PREFIX: Final = "goodshunter:stats"
+
+
+def crawl_status_key(task_id: int) -> str:
+    return CRAWL_STATUS_KEY.format(task_id=task_id)
+
+
+def crawl_message_key(task_id: int) -> str:
+    return CRAWL_MESSAGE_KEY.format(task_id=task_id)
