@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from scheduler.redis_server import RedisServer
+from tests.crawler_fixtures import crawler_process, crawler_stub  # noqa: F401
 
 
 @pytest.fixture(scope="session")
