@@ -32,6 +32,7 @@ class CrawlerStub:
         delay_ms: int = 0,
         items: int = 5,
         max_workers: int = MAX_WORKERS,
+        serve_health: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -39,6 +40,8 @@ class CrawlerStub:
         self._delay_ms = delay_ms
         self._items = items
         self._max_workers = max_workers
+        # False behaves like the original crawler, which registers no health service (Check: UNIMPLEMENTED)
+        self._serve_health = serve_health
         self._server: grpc.Server | None = None
         self._recorder: CallRecorder | None = None
         self._servicer: CrawlerServicer | None = None
@@ -51,7 +54,8 @@ class CrawlerStub:
         pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="crawler-stub")
         server = grpc.server(pool)
         crawler_pb2_grpc.add_CrawlerServiceServicer_to_server(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if self._serve_health:
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         bound = server.add_insecure_port(f"{self.host}:{self.port}")
         if bound == 0:
             raise OSError(f"crawler stub: cannot listen on {self.host}:{self.port}")
@@ -116,6 +120,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls-log", metavar="FILE", help="append one JSON line per call")
     parser.add_argument("--delay-ms", type=int, default=0, help="base delay of every call")
     parser.add_argument("--items", type=int, default=5, help="items per response (default %(default)s)")
+    parser.add_argument(
+        "--no-health", action="store_true", help="no health service, like the original crawler"
+    )
     return parser.parse_args(argv)
 
 
@@ -133,7 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     stub = CrawlerStub(
-        args.port, host=args.host, calls_log=args.calls_log, delay_ms=args.delay_ms, items=args.items
+        args.port,
+        host=args.host,
+        calls_log=args.calls_log,
+        delay_ms=args.delay_ms,
+        items=args.items,
+        serve_health=not args.no_health,
     )
     try:
         stub.start()

@@ -16,6 +16,7 @@ from scheduler._proto import crawler_pb2, crawler_pb2_grpc
 # Each call of a task shifts the result window by this many items: a repeated crawl sees mostly the same
 # items and a few new ones on top, like a real search sorted by creation time.
 NEW_ITEMS_PER_CALL = 1
+DEADLINE_SLACK_S = 0.1
 
 
 class Call(TypedDict):
@@ -184,6 +185,8 @@ class CrawlerServicer(crawler_pb2_grpc.CrawlerServiceServicer):
 def _ended(context: grpc.ServicerContext) -> _Outcome:
     """The client went away (or the server is stopping): nobody reads the answer, only the log does."""
     remaining = context.time_remaining()
-    expired = remaining is not None and remaining <= 0
+    # The client's deadline timer fires first and cancels the stream while the server's copy of the
+    # deadline (counted from arrival) still has transit time left: call that an expiry too.
+    expired = remaining is not None and remaining <= DEADLINE_SLACK_S
     code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     return _Outcome(code=code, detail="", response=crawler_pb2.FetchResponse())

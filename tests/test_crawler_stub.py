@@ -202,6 +202,25 @@ def test_health_service(crawler_stub: CrawlerStub, channel: grpc.Channel) -> Non
     assert status("crawler.CrawlerService") == SERVING
 
 
+def test_calls_log_from_concurrent_calls(tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    with CrawlerStub(calls_log=str(log)) as stub, grpc.insecure_channel(stub.address) as ch:
+        client = crawler_pb2_grpc.CrawlerServiceStub(ch)
+        futures = [client.FetchItems.future(request("delay=20", str(i)), timeout=5) for i in range(50)]
+        for future in futures:
+            future.result()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(int(r["task_id"]) for r in records) == list(range(50))
+
+
+def test_without_health_service_like_the_original_crawler() -> None:
+    with CrawlerStub(serve_health=False) as stub, grpc.insecure_channel(stub.address) as ch:
+        with pytest.raises(grpc.RpcError) as info:
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert code_of(crawler_pb2_grpc.CrawlerServiceStub(ch), "switch") == "OK"
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_console_script_serves_and_exits_cleanly_on_signal(
