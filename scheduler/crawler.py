@@ -1,0 +1,265 @@
+"""The daemon's crawler client: one gRPC channel, a deadline on every call, retries on transient codes.
+
+Retry policy. Only tenacity retries (gRPC's built-in retries are switched off on the channel, so there is
+one place that decides and counts). Transient codes are retried with exponential back-off and jitter,
+``attempts`` calls at most; anything else raises at once:
+
+* transient: UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNKNOWN (the real crawler reports every
+  failure as UNKNOWN: ``blocked_page``, ``rate limit wait timeout``...), ABORTED (by gRPC's own definition
+  "retry at a higher level"), INTERNAL (gRPC core maps broken HTTP/2 streams, e.g. a crawler or proxy
+  restarting mid-call, to INTERNAL), and CANCELLED when *we* did not cancel (a proxy or the server reset
+  the stream: RST_STREAM CANCEL).
+* permanent: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION,
+  UNIMPLEMENTED, and every other code. Retrying them cannot help.
+
+Worst case per task: the daemon requeues a task that failed transiently up to ``max_retry`` times (default
+3), and each run makes up to ``attempts`` calls here, so the crawler sees at most
+``attempts * (max_retry + 1)`` calls per task: 3 * 4 = 12 with the defaults, taking up to about
+``attempts * deadline_s`` (+ back-off) each run.
+
+Cancellation: ``CancelToken.cancel()`` (from any thread, e.g. on a ``stop`` message) cancels the in-flight
+call at once and stops the retries; ``fetch`` then raises ``CrawlCancelledError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from scheduler._proto import crawler_pb2, crawler_pb2_grpc
+from scheduler.errors import CrawlCancelledError, CrawlerError
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "crawler.CrawlerService"
+NO_ITEMS = "no_items"
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+OnCall = Callable[[str, float], None]
+_T = TypeVar("_T")
+
+
+class CancelToken:
+    """Set once from any thread; runs the registered cancel callbacks (the in-flight gRPC call's)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Sleep up to ``timeout_s``; True as soon as the token is cancelled."""
+        return self._event.wait(timeout_s)
+
+    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Run ``callback`` when cancelled (now, if already cancelled); returns a function to unregister."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._unregister(callback)
+        callback()
+        return lambda: None
+
+    def _unregister(self, callback: Callable[[], object]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    response: crawler_pb2.FetchResponse
+    attempts: int  # calls made, 1 … attempts
+    code: str  # status name of the last call: "OK"
+    elapsed_s: float  # the whole fetch, back-off included
+
+    @property
+    def no_items(self) -> bool:
+        """An empty search: a success, recorded as ``no_items`` (the real crawler also sets the marker)."""
+        return self.response.error_message == NO_ITEMS or not self.response.items
+
+
+class CrawlerClient:
+    def __init__(
+        self,
+        addr: str,
+        *,
+        deadline_s: float = 120.0,
+        attempts: int = 3,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        on_call: OnCall | None = None,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if deadline_s <= 0:
+            raise ValueError("deadline_s must be positive")
+        self.addr = addr
+        self.deadline_s = deadline_s
+        self.attempts = attempts
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.tls = tls
+        self.tls_ca_file = tls_ca_file
+        self.on_call = on_call
+        self._channel: grpc.Channel | None = None
+        self._stub: crawler_pb2_grpc.CrawlerServiceStub | None = None
+
+    def start(self) -> CrawlerClient:
+        """Open the one channel of this process (gRPC multiplexes every concurrent call over it)."""
+        # tenacity is the only retry layer: built-in retries would multiply attempts and hide them
+        options = [("grpc.enable_retries", 0)]
+        if self.tls:
+            ca = Path(self.tls_ca_file).read_bytes() if self.tls_ca_file else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+            self._channel = grpc.secure_channel(self.addr, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.addr, options=options)
+        self._stub = crawler_pb2_grpc.CrawlerServiceStub(self._channel)
+        return self
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+            self._stub = None
+
+    def __enter__(self) -> CrawlerClient:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fetch(self, request: crawler_pb2.FetchRequest, cancel: CancelToken | None = None) -> FetchOutcome:
+        """Call FetchItems, retrying transient failures. Raises CrawlerError or CrawlCancelledError."""
+        stub = self._require(self._stub)
+        token = cancel or CancelToken()
+        started = time.monotonic()
+        calls = 0
+
+        def sleep(seconds: float) -> None:
+            if token.wait(seconds):
+                raise CrawlCancelledError(f"task {request.task_id}: cancelled during back-off")
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts),
+            # composed rather than wait_exponential_jitter, whose arguments changed across tenacity versions
+            wait=wait_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
+            + wait_random(0, self.backoff_initial_s),
+            retry=retry_if_exception(lambda exc: isinstance(exc, CrawlerError) and exc.transient),
+            sleep=sleep,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                calls += 1
+                response = self._call_once(stub, request, token)
+        return FetchOutcome(
+            response=response, attempts=calls, code="OK", elapsed_s=time.monotonic() - started
+        )
+
+    def health(self, timeout_s: float = 2.0) -> bool:
+        """Is the crawler up? False on NOT_SERVING or any error.
+
+        UNIMPLEMENTED counts as up: the original crawler registers no health service, and a server that
+        answers "no such service" is reachable and serving RPCs.
+        """
+        channel = self._require(self._channel)
+        check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(check, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return exc.code() is grpc.StatusCode.UNIMPLEMENTED
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def _call_once(
+        self, stub: crawler_pb2_grpc.CrawlerServiceStub, request: crawler_pb2.FetchRequest, token: CancelToken
+    ) -> crawler_pb2.FetchResponse:
+        if token.cancelled:
+            raise CrawlCancelledError(f"task {request.task_id}: cancelled")
+        started = time.monotonic()
+        code = "OK"
+        # the future form, so another thread can cancel the call in flight
+        future = stub.FetchItems.future(request, timeout=self.deadline_s)
+        unregister = token.on_cancel(future.cancel)
+        try:
+            return future.result()
+        except grpc.FutureCancelledError:
+            code = "CANCELLED"
+            raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
+        except grpc.RpcError as exc:
+            status = exc.code()
+            code = status.name
+            if token.cancelled:
+                raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
+            raise CrawlerError(code, exc.details() or "", transient=status in TRANSIENT_CODES) from None
+        finally:
+            unregister()
+            self._report(code, time.monotonic() - started)
+
+    def _report(self, code: str, seconds: float) -> None:
+        if self.on_call is None:
+            return
+        try:
+            self.on_call(code, seconds)
+        except Exception:  # a broken metrics hook must not fail the crawl
+            logger.exception("crawler on_call hook failed")
+
+    @staticmethod
+    def _require(thing: _T | None) -> _T:
+        if thing is None:
+            raise RuntimeError("CrawlerClient is not started")
+        return thing
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    logger.warning(
+        "crawler call failed (%s), attempt %d, retrying in %.2fs",
+        exc.code if isinstance(exc, CrawlerError) else exc,
+        state.attempt_number,
+        delay,
+    )
