@@ -180,15 +180,18 @@ class Consumer:
         with connection_errors(f"XACK {self.stream}"):
             return int(self.redis.xack(self.stream, self.group, *ids))
 
-    def requeue(self, msg: StreamMessage, delay_s: float = 0.0) -> bool:
+    def requeue(
+        self, msg: StreamMessage, delay_s: float = 0.0, *, marker: str | None = None, marker_ttl_ms: int = 0
+    ) -> bool:
         """End this entry and enqueue the message again with ``retry + 1``, after ``delay_s`` (held in a
-        Redis sorted set, moved back by ``move_due``). False when another worker already ended the entry."""
+        Redis sorted set, moved back by ``move_due``). False when another worker already ended the entry.
+
+        ``marker``: the task's run-marker key, handed over to the retry so nothing runs beside it."""
         payload = msg.message.with_retry(msg.message.retry + 1).encode()
         delay_ms = max(0, round(delay_s * 1000))
+        keys_ = [self.stream, self.delayed] + ([marker] if marker else [])
         with connection_errors(f"requeue {msg.id}"):
-            result = self.scripts.run(
-                "requeue", [self.stream, self.delayed], [self.group, msg.id, payload, delay_ms]
-            )
+            result = self.scripts.run("requeue", keys_, [self.group, msg.id, payload, delay_ms, marker_ttl_ms])
         return bool(result)
 
     def dead_letter(self, msg: StreamMessage | str, reason: str, payload: bytes | str | None = None) -> bool:

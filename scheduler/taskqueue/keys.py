@@ -45,6 +45,21 @@ def inflight_key(stream: str, task_id: int) -> str:
     return f"{stream}:inflight:{task_id}"
 
 
+def intervals_hash(stream: str) -> str:
+    """Periodic tasks' intervals in ms (task id → ms), read by the publisher script."""
+    return f"{stream}:intervals"
+
+
+def last_success_hash(stream: str) -> str:
+    """Task id → start (ms) of its last successful crawl: older duplicate requests are already satisfied."""
+    return f"{stream}:lastok"
+
+
+def control_channel(stream: str) -> str:
+    """Pub/sub channel on which a stop reaches every daemon at once."""
+    return f"{stream}:control"
+
+
 def seen_items_key(stream: str, task_id: int) -> str:
     return f"{stream}:seen:{task_id}"
 

@@ -10,7 +10,20 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-NAMES = ("requeue", "dead_letter", "move_due", "extend", "reclaim", "trim", "reap_consumers")
+NAMES = (
+    "requeue",
+    "dead_letter",
+    "move_due",
+    "extend",
+    "reclaim",
+    "trim",
+    "reap_consumers",
+    "record_results",
+    "publish_due",
+    "claim_run",
+    "release_run",
+    "stop_task",
+)
 
 
 @cache

@@ -1,0 +1,173 @@
+"""The task registry: each monitoring task's search spec, read by the daemon to build a FetchRequest.
+
+Specs live in Redis, one hash per task plus an index set, behind the small ``TaskRegistry`` protocol so a
+SQL store can replace it later without touching the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Final, Literal, Protocol, get_args
+
+import redis
+
+from scheduler.errors import InvalidTaskError
+from scheduler.taskqueue import keys
+from scheduler.taskqueue._redis import connection_errors, text
+from scheduler.taskqueue.message import check_task_id
+
+Platform = Literal["mercari", "yahoo_auction"]
+SortBy = Literal["created_time", "price", "score", "num_likes"]
+SortOrder = Literal["desc", "asc"]
+Status = Literal["running", "stopped"]
+
+MAX_KEYWORD_LEN: Final = 200
+MAX_PRICE: Final = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    task_id: int
+    keyword: str
+    platform: Platform = "mercari"
+    min_price: int = 0
+    max_price: int = 0
+    exclude_keywords: tuple[str, ...] = ()
+    only_on_sale: bool = True
+    limit: int = 0
+    sort: SortBy = "created_time"
+    order: SortOrder = "desc"
+    status: Status = "running"
+    interval_s: float | None = None  # None: the daemon's schedule_interval
+    updated_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        check_task_id(self.task_id)
+        _check(bool(self.keyword.strip()) and len(self.keyword) <= MAX_KEYWORD_LEN, "keyword", self.keyword)
+        _check_choice("platform", self.platform, Platform)
+        _check_choice("sort", self.sort, SortBy)
+        _check_choice("order", self.order, SortOrder)
+        _check_choice("status", self.status, Status)
+        for name in ("min_price", "max_price", "limit"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PRICE,
+                name,
+                value,
+            )
+        _check(not self.max_price or self.min_price <= self.max_price, "max_price", self.max_price)
+        _check(self.interval_s is None or self.interval_s >= 1.0, "interval", self.interval_s)
+
+    def to_hash(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in asdict(self).items():
+            if name == "task_id" or value is None:
+                continue
+            if name == "exclude_keywords":
+                out[name] = "\x1f".join(value)
+            elif isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            else:
+                out[name] = str(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, task_id: int, raw: Mapping[bytes, bytes] | Mapping[bytes | str, bytes | str]) -> TaskSpec:
+        data = {text(k): text(v) for k, v in raw.items()}
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        for name in ("min_price", "max_price", "limit"):
+            if name in kwargs:
+                kwargs[name] = int(kwargs[name])
+        for name in ("interval_s", "updated_at"):
+            if name in kwargs:
+                kwargs[name] = float(kwargs[name])
+        if "only_on_sale" in kwargs:
+            kwargs["only_on_sale"] = kwargs["only_on_sale"] == "1"
+        raw_excludes = kwargs.pop("exclude_keywords", "")
+        kwargs["exclude_keywords"] = tuple(w for w in raw_excludes.split("\x1f") if w)
+        return cls(task_id=task_id, **kwargs)
+
+    def with_status(self, status: Status) -> TaskSpec:
+        return replace(self, status=status, updated_at=time.time())
+
+
+def _check(ok: bool, name: str, value: object) -> None:
+    if not ok:
+        raise InvalidTaskError(f"invalid {name}: {value!r}")
+
+
+def _check_choice(name: str, value: object, choices: Any) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise InvalidTaskError(f"invalid {name}: {value!r} (one of {', '.join(allowed)})")
+
+
+class TaskRegistry(Protocol):
+    def get(self, task_id: int) -> TaskSpec | None: ...
+    def put(self, spec: TaskSpec) -> None: ...
+    def put_many(self, specs: Iterable[TaskSpec]) -> int: ...
+    def set_status(self, task_id: int, status: Status) -> TaskSpec | None: ...
+    def delete(self, task_id: int) -> bool: ...
+    def list(self) -> list[TaskSpec]: ...
+
+
+class RedisTaskRegistry:
+    """``goodshunter:task:spec:<id>`` hashes and the ``goodshunter:task:ids`` index set."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def get(self, task_id: int) -> TaskSpec | None:
+        with connection_errors(f"read task {task_id}"):
+            raw = self.redis.hgetall(keys.task_spec_key(task_id))
+        return TaskSpec.from_hash(task_id, raw) if raw else None
+
+    def put(self, spec: TaskSpec) -> None:
+        self.put_many([spec])
+
+    def put_many(self, specs: Iterable[TaskSpec]) -> int:
+        """Replace whole specs (a field left out goes back to its default), pipelined."""
+        count = 0
+        with connection_errors("write task specs"):
+            pipe = self.redis.pipeline(transaction=True)
+            for spec in specs:
+                key = keys.task_spec_key(spec.task_id)
+                pipe.delete(key)
+                pipe.hset(key, mapping=spec.to_hash())  # type: ignore[arg-type]
+                pipe.sadd(keys.TASK_INDEX_KEY, spec.task_id)
+                count += 1
+            if count:
+                pipe.execute()
+        return count
+
+    def set_status(self, task_id: int, status: Status) -> TaskSpec | None:
+        spec = self.get(task_id)
+        if spec is None:
+            return None
+        updated = spec.with_status(status)
+        with connection_errors(f"update task {task_id}"):
+            self.redis.hset(
+                keys.task_spec_key(task_id),
+                mapping={"status": status, "updated_at": str(updated.updated_at)},
+            )
+        return updated
+
+    def delete(self, task_id: int) -> bool:
+        with connection_errors(f"delete task {task_id}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(keys.task_spec_key(task_id))
+            pipe.srem(keys.TASK_INDEX_KEY, task_id)
+            deleted, _ = pipe.execute()
+        return bool(deleted)
+
+    def list(self) -> list[TaskSpec]:
+        with connection_errors("list tasks"):
+            ids = sorted(int(i) for i in self.redis.smembers(keys.TASK_INDEX_KEY))
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hgetall(keys.task_spec_key(task_id))
+            raws = pipe.execute() if ids else []
+        return [TaskSpec.from_hash(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]

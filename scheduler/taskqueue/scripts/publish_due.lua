@@ -1,0 +1,36 @@
+-- Publish due periodic runs: each due task once per period, by whichever daemon runs this first.
+-- KEYS: schedule set (task id → next run ms), intervals hash (task id → ms), stream.
+-- ARGV: now-timestamp text for the message (RFC 3339), max tasks, marker key prefix, marker ttl ms.
+-- The next run is the first point of the task's own grid (scheduled time + k × interval) after now:
+-- periods never drift, and missed periods after downtime collapse into this one run.
+-- A task whose previous run still holds its marker (queued, retrying, in flight) is skipped, not stacked.
+-- Returns {published, skipped, ms until the next due run or -1}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local published, skipped = 0, 0
+for i = 1, #due, 2 do
+  local task, scheduled = due[i], tonumber(due[i + 1])
+  local interval = tonumber(redis.call('HGET', KEYS[2], task) or '0')
+  if interval == nil or interval <= 0 then
+    redis.call('ZREM', KEYS[1], task)  -- no interval known: not periodic any more
+  else
+    local missed = math.floor((now - scheduled) / interval) + 1
+    redis.call('ZADD', KEYS[1], scheduled + missed * interval, task)
+    local marker = ARGV[3] .. task
+    if redis.call('EXISTS', marker) == 1 then
+      skipped = skipped + 1
+    else
+      local data = '{"task_id":' .. task .. ',"action":"execute","timestamp":"' .. ARGV[1] ..
+        '","retry":0,"source":"periodic"}'
+      local id = redis.call('XADD', KEYS[3], '*', 'data', data)
+      redis.call('SET', marker, id, 'PX', ARGV[4])
+      published = published + 1
+    end
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #nxt == 0 then
+  return {published, skipped, -1}
+end
+return {published, skipped, math.max(0, tonumber(nxt[2]) - now)}

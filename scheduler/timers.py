@@ -1,0 +1,107 @@
+"""The daemon's background timers: lease renewal, and the maintenance jobs every daemon runs safely in
+parallel (delayed-retry mover, periodic publisher, trimming, heartbeat, consumer reaping, queue gauges).
+
+Each job is a plain function called on its own period by one thread; a failing job is logged and backed
+off, never fatal (a Redis outage fails them all together, and they all come back together).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from scheduler.errors import QueueConnectionError
+from scheduler.taskqueue._redis import text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    name: str
+    period: Callable[[], float]  # seconds until the next run; re-read after every run
+    run: Callable[[], float | None]  # may return an earlier next-run delay (e.g. next delayed retry)
+    due: float = 0.0
+    failures: int = 0
+
+
+class TimerThread:
+    """Runs jobs on their periods in one thread until stopped. Blocks on an Event, so stop is prompt."""
+
+    def __init__(self, name: str, jobs: list[Job], stopping: threading.Event) -> None:
+        self.jobs = jobs
+        self._stopping = stopping
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run due jobs now (e.g. a retry was just parked and the mover should re-plan)."""
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            for job in self.jobs:
+                if job.due <= now:
+                    self._run(job, now)
+            next_due = min(job.due for job in self.jobs)
+            self._wake.wait(max(0.0, next_due - time.monotonic()))
+            self._wake.clear()
+
+    def _run(self, job: Job, now: float) -> None:
+        try:
+            sooner = job.run()
+        except QueueConnectionError as exc:
+            job.failures += 1
+            backoff = min(5.0, 0.2 * 2 ** min(job.failures, 5))
+            if job.failures == 1 or job.failures % 20 == 0:
+                log.warning("%s: %s (retrying in %.1fs)", job.name, exc, backoff, extra={"job": job.name})
+            job.due = now + backoff
+            return
+        except Exception:
+            job.failures += 1
+            log.exception("%s failed", job.name, extra={"job": job.name})
+            job.due = now + min(30.0, 1.0 * job.failures)
+            return
+        if job.failures:
+            log.info("%s recovered after %d failures", job.name, job.failures, extra={"job": job.name})
+        job.failures = 0
+        period = job.period()
+        job.due = now + (min(period, sooner) if sooner is not None else period)
+
+
+def heartbeat_payload(consumer: str, busy: int, workers: int, circuit: str) -> str:
+    return json.dumps(
+        {
+            "consumer": consumer,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "ts": time.time(),
+            "busy": busy,
+            "workers": workers,
+            "circuit": circuit,
+        }
+    )
+
+
+def read_heartbeat(raw: bytes | str | None) -> dict[str, object] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(text(raw))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
