@@ -201,17 +201,18 @@ class CrawlerClient:
         )
 
     def health(self, timeout_s: float = 2.0) -> bool:
-        """Is the crawler up? False on NOT_SERVING or any error.
+        """True only when the crawler's grpc.health.v1 service says SERVING; False on anything else.
 
-        UNIMPLEMENTED counts as up: the original crawler registers no health service, and a server that
-        answers "no such service" is reachable and serving RPCs.
+        The original crawler registers no health service (Check answers UNIMPLEMENTED), so False does not
+        by itself mean "down": use it to close the breaker early, and a probe call to learn the rest.
         """
         channel = self._require(self._channel)
         check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(check, timeout=timeout_s)
         except grpc.RpcError as exc:
-            return exc.code() is grpc.StatusCode.UNIMPLEMENTED
+            logger.debug("crawler health check failed: %s", exc.code())
+            return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _call_once(

@@ -227,10 +227,11 @@ def test_health(client: CrawlerClient, crawler_stub: CrawlerStub) -> None:
     assert not client.health(timeout_s=0.5)
 
 
-def test_health_without_a_health_service_counts_as_up() -> None:
-    # the original crawler registers no grpc.health.v1 service: Check answers UNIMPLEMENTED
+def test_health_without_a_health_service_is_false_but_fetch_works() -> None:
+    # the original crawler registers no grpc.health.v1 service: Check answers UNIMPLEMENTED, so the
+    # daemon must learn that the crawler is back from a probe call, not from health()
     with CrawlerStub(serve_health=False) as stub, CrawlerClient(stub.address) as client:
-        assert client.health(timeout_s=2)
+        assert not client.health(timeout_s=2)
         assert client.fetch(request("switch")).code == "OK"
 
 
