@@ -200,10 +200,10 @@ class HostPort(Kind):
 
 class GrpcTarget(Kind):
     describe = "`host:port` or gRPC target"
-    _SCHEMES: Final = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+    _URI: Final = re.compile(r"(dns|unix|unix-abstract|ipv4|ipv6|vsock):\S+")
 
     def convert(self, raw: object, native: bool) -> object:
-        if isinstance(raw, str) and raw.startswith(self._SCHEMES) and not re.search(r"\s", raw):
+        if isinstance(raw, str) and self._URI.fullmatch(raw):
             return raw
         try:
             return HostPort().convert(raw, native)
@@ -229,7 +229,7 @@ class Secret(Kind):
 
     def convert(self, raw: object, native: bool) -> object:
         if not isinstance(raw, str):
-            raise ValueError(f"must be a string (value not shown), got a {type(raw).__name__}")
+            raise ValueError(f"must be a string (value not shown), got a value of type {type(raw).__name__}")
         return raw
 
     def show(self, value: object) -> object:
@@ -242,7 +242,9 @@ class RedisUrl(Kind):
 
     def convert(self, raw: object, native: bool) -> object:
         if not isinstance(raw, str):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got a {type(raw).__name__}")
+            raise ValueError(
+                f"must be a redis://, rediss:// or unix:// URL, got a value of type {type(raw).__name__}"
+            )
         problem = self._problem(raw)
         if problem:
             raise ValueError(f"{problem}, got {redact(raw)!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from scheduler.config import (
     reference_markdown,
 )
 from scheduler.errors import ConfigError
-from scheduler.redis_server import RedisServer
+from scheduler.redis_server import RedisServer, find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CA_FILE = "<a file that exists>"
@@ -322,6 +324,7 @@ BAD_VALUES = [
     ("metrics_host", "a host", "without spaces"),
     ("crawler_grpc_addr", "crawler", "must be host:port or a gRPC target"),
     ("crawler_grpc_addr", "crawler:0", "must be host:port"),
+    ("crawler_grpc_addr", "dns:", "must be host:port or a gRPC target"),
     ("worker_pool_size", "abc", "must be an integer from 1 to 1024, got 'abc'"),
     ("worker_pool_size", "0", "must be an integer from 1 to 1024, got '0'"),
     ("worker_pool_size", "1025", "from 1 to 1024"),
@@ -516,7 +519,10 @@ def test_bad_redis_url_error_does_not_show_the_password() -> None:
 def test_bad_password_type_error_does_not_show_it(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"redis": {"password": 123456789}})
     message = one_line_error(path=path, env={})
-    assert message == f"redis.password (file {path}): must be a string (value not shown), got a int"
+    assert (
+        message
+        == f"redis.password (file {path}): must be a string (value not shown), got a value of type int"
+    )
 
 
 @pytest.mark.parametrize(
@@ -644,3 +650,31 @@ def test_client_retries_connection_errors_but_not_a_refused_password(error: Exce
     with pytest.raises(type(error)):
         retry.call_with_retry(do, lambda *_: None)
     assert len(attempts) == calls
+
+
+def test_redis_client_over_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    args = [
+        find_redis_server(),
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--dir",
+        str(tmp_path),
+        "--save",
+        "",
+    ]
+    server = subprocess.Popen([*args, "--requirepass", "pw"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        settings = load_settings(env={"REDIS_URL": f"unix://:pw@{sock}?db=3"})
+        with settings.redis_client() as client:
+            assert client.ping()
+            assert client.connection_pool.connection_kwargs["db"] == 3
+        assert settings.redis_target() == f"unix://{sock}?db=3"
+    finally:
+        server.terminate()
+        server.wait(10)
