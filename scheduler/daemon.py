@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -32,6 +33,9 @@ from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import Consumer, StreamMessage, keys
 from scheduler.timers import Job, TimerThread, heartbeat_payload
 from scheduler.worker import Running, Slots, TaskRunner
+
+if TYPE_CHECKING:
+    from scheduler.http import StatusServer
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,7 @@ class Daemon:
         self._executor: ThreadPoolExecutor | None = None
         self._timers: list[TimerThread] = []
         self._control: threading.Thread | None = None
+        self._http: StatusServer | None = None
         self._next_reclaim = 0.0
         self._redis_failures = 0
         self.last_loop = time.monotonic()  # /healthz: the loop is turning
@@ -119,6 +124,10 @@ class Daemon:
             timer.start()
         self._control = threading.Thread(target=self._listen_control, name="control", daemon=True)
         self._control.start()
+        if s.metrics_port:
+            from scheduler.http import StatusServer
+
+            self._http = StatusServer(self, s.metrics_host, s.metrics_port).start()
         log.info(
             "daemon started",
             extra={
@@ -181,6 +190,8 @@ class Daemon:
             self._control.join(2.0)
         if self._executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._http is not None:
+            self._http.stop()
         self.crawler.close()
         try:
             self.redis.delete(self._heartbeat_key())
@@ -235,9 +246,10 @@ class Daemon:
 
     def _dispatch(self, messages: list[StreamMessage]) -> None:
         specs = self._specs(messages)
+        probe = self.breaker.state == "half_open"
         assert self._executor is not None
         for msg in messages:
-            running = Running(msg)
+            running = Running(msg, probe=probe)
             with self._running_lock:
                 self.running[msg.id] = running
             self.slots.take()

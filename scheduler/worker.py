@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import redis
@@ -76,6 +77,7 @@ class Running:
     started: float = field(default_factory=time.monotonic)
     cancel_reason: str | None = None  # "stopped" (task stopped: ack) or "shutdown" (leave pending)
     crawl_started_ms: int = 0
+    probe: bool = False  # sent while the crawler's circuit was half-open
 
 
 class TaskRunner:
@@ -145,7 +147,7 @@ class TaskRunner:
         except CrawlCancelledError:
             return self._cancelled(running)
         except CrawlerError as exc:
-            label = self._failed(msg, exc)
+            label = self._failed(running, exc)
         else:
             self.breaker.record_success()
             label = self._succeeded(running, outcome)
@@ -194,19 +196,27 @@ class TaskRunner:
         self.metrics.tasks_processed.labels(status).inc()
         return status
 
-    def _failed(self, msg: StreamMessage, exc: CrawlerError) -> str:
+    def _failed(self, running: Running, exc: CrawlerError) -> str:
+        msg = running.msg
         task = msg.message
         error_text = f"{exc.code}: {exc.detail}"[:1000]
         if exc.transient:
             self.breaker.record_failure()
         self._write(lambda: self._set_failed(task.task_id, error_text), msg)
-        if exc.transient and task.retry < self.settings.max_retry:
-            delay = retry_delay(
-                task.retry + 1, self.settings.retry_backoff_base, self.settings.retry_backoff_max
+        # A failed half-open probe says the crawler is still down, nothing about the task: no retry spent.
+        counts = not (running.probe and exc.transient)
+        if exc.transient and (task.retry < self.settings.max_retry or not counts):
+            s = self.settings
+            delay = retry_delay(task.retry + 1, s.retry_backoff_base, s.retry_backoff_max) if counts else 0.0
+            requeue = partial(
+                self.consumer.requeue,
+                msg,
+                delay,
+                marker=self.lifecycle.marker(task.task_id),
+                marker_ttl_ms=self.lifecycle.marker_ttl_ms,
+                count_retry=counts,
             )
-            marker = self.lifecycle.marker(task.task_id)
-            ttl = self.lifecycle.marker_ttl_ms
-            if self._write(lambda: self.consumer.requeue(msg, delay, marker=marker, marker_ttl_ms=ttl), msg):
+            if self._write(requeue, msg) and counts:
                 self.metrics.retries.inc()
             self.metrics.tasks_processed.labels("requeued").inc()
             return "requeued"

@@ -90,3 +90,20 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, redis_server: RedisServer, r: redis.Redis) -> Iterator[object]:
+    """Factory of ``goodshunter-scheduler run`` subprocesses against the session Redis (see tests/e2e)."""
+    from tests.e2e.support import Daemons
+
+    made: list[Daemons] = []
+
+    def make(crawler_addr: str, redis_url: str | None = None, **env: str) -> Daemons:
+        group = Daemons(tmp_path, redis_url or redis_server.url, crawler_addr, env=dict(env))
+        made.append(group)
+        return group
+
+    yield make
+    for group in made:
+        group.close()

@@ -181,17 +181,26 @@ class Consumer:
             return int(self.redis.xack(self.stream, self.group, *ids))
 
     def requeue(
-        self, msg: StreamMessage, delay_s: float = 0.0, *, marker: str | None = None, marker_ttl_ms: int = 0
+        self,
+        msg: StreamMessage,
+        delay_s: float = 0.0,
+        *,
+        marker: str | None = None,
+        marker_ttl_ms: int = 0,
+        count_retry: bool = True,
     ) -> bool:
         """End this entry and enqueue the message again with ``retry + 1``, after ``delay_s`` (held in a
         Redis sorted set, moved back by ``move_due``). False when another worker already ended the entry.
 
-        ``marker``: the task's run-marker key, handed over to the retry so nothing runs beside it."""
-        payload = msg.message.with_retry(msg.message.retry + 1).encode()
+        ``marker``: the task's run-marker key, handed over to the retry so nothing runs beside it.
+        ``count_retry`` False puts it back as it was (a failure that was not the task's fault)."""
+        payload = msg.message.with_retry(msg.message.retry + int(count_retry)).encode()
         delay_ms = max(0, round(delay_s * 1000))
         keys_ = [self.stream, self.delayed] + ([marker] if marker else [])
         with connection_errors(f"requeue {msg.id}"):
-            result = self.scripts.run("requeue", keys_, [self.group, msg.id, payload, delay_ms, marker_ttl_ms])
+            result = self.scripts.run(
+                "requeue", keys_, [self.group, msg.id, payload, delay_ms, marker_ttl_ms]
+            )
         return bool(result)
 
     def dead_letter(self, msg: StreamMessage | str, reason: str, payload: bytes | str | None = None) -> bool:

@@ -23,6 +23,7 @@ NAMES = (
     "claim_run",
     "release_run",
     "stop_task",
+    "dlq_replay",
 )
 
 
