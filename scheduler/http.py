@@ -1,0 +1,172 @@
+"""The daemon's HTTP status server: ``/metrics`` (Prometheus), ``/healthz`` (liveness), ``/readyz`` (readiness).
+
+Liveness asks only "is the read loop still turning?" — restarting the process helps with a wedged loop and
+with nothing else. Readiness asks "can this daemon do work now?" (Redis answers; the crawler's circuit is
+closed or its health service says SERVING), and its answer is cached for a second so that a probe storm
+costs Redis one PING a second, on a client of its own so a probe never queues behind the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import redis
+from prometheus_client.exposition import choose_encoder
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from scheduler.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+# The read loop stamps daemon.last_loop at least every ~1.5 s, even idle; only a loop stuck in one call
+# for this long is dead. Above the 25 s drain, so a daemon finishing its work is not killed as hung.
+STALL_AFTER_S = 30.0
+READY_CACHE_S = 1.0
+PROBE_TIMEOUT_S = 1.0
+
+
+class StatusServer:
+    def __init__(
+        self,
+        daemon: Daemon,
+        host: str,
+        port: int,
+        *,
+        stall_after_s: float = STALL_AFTER_S,
+        ready_cache_s: float = READY_CACHE_S,
+    ) -> None:
+        self.daemon = daemon
+        self.host = host
+        self._requested_port = port
+        self.stall_after_s = stall_after_s
+        self.ready_cache_s = ready_cache_s
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._probe: redis.Redis | None = None
+        self._ready_lock = threading.Lock()
+        self._ready_at = float("-inf")
+        self._ready: tuple[bool, str] = (False, "not checked yet")
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    def start(self) -> StatusServer:
+        # no retry: a probe answers within its timeout, and the next probe asks again
+        self._probe = self.daemon.settings.redis_client(
+            socket_timeout=PROBE_TIMEOUT_S,
+            socket_connect_timeout=PROBE_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            client_name="goodshunter-scheduler-probe",
+        )
+        try:
+            self._server = _Server(self, self.host, self._requested_port)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"status server cannot listen on {self.host}:{self._requested_port}: {exc.strerror}",
+            ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True
+        )
+        self._thread.start()
+        log.info("status server listening", extra={"host": self.host, "port": self.port})
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._probe is not None:
+            self._probe.close()
+
+    # -- the checks --------------------------------------------------------------------------------------
+
+    def live(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self.daemon.last_loop
+        if stalled > self.stall_after_s:
+            return False, f"read loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        # The daemon has no public "stopping" flag; its stop Event is the single source of truth.
+        if self.daemon._stopping.is_set():
+            return False, "stopping"
+        with self._ready_lock:  # concurrent probes wait for one check instead of each running their own
+            if time.monotonic() - self._ready_at >= self.ready_cache_s:
+                self._ready = self._check_ready()
+                self._ready_at = time.monotonic()
+            return self._ready
+
+    def _check_ready(self) -> tuple[bool, str]:
+        assert self._probe is not None
+        try:
+            self._probe.ping()
+        except redis.RedisError as exc:
+            return False, f"redis unreachable ({type(exc).__name__})"
+        state = self.daemon.breaker.state
+        if state != "closed" and not self.daemon.crawler.health(timeout_s=PROBE_TIMEOUT_S):
+            return False, f"crawler circuit {state}"
+        return True, "ok"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung client must not keep the process alive at exit
+
+    def __init__(self, status: StatusServer, host: str, port: int) -> None:
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.status = status
+        super().__init__((host, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("status server: error answering %s", client_address[0] if client_address else "?")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        status = self.server.status
+        if path == "/metrics":
+            # what prometheus_client's own handler does: OpenMetrics when the scraper asks for it
+            encode, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._send(HTTPStatus.OK, encode(status.daemon.metrics.registry), content_type)
+        elif path == "/healthz":
+            ok, why = status.live()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, f"{why}\n".encode())
+        elif path == "/readyz":
+            ok, why = status.ready()
+            body = {"ready": True} if ok else {"ready": False, "reason": why}
+            code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+            self._send(code, json.dumps(body).encode() + b"\n", "application/json")
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found: try /metrics, /healthz, /readyz\n")
+
+    def _send(self, code: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # a scrape every few seconds would drown the daemon's own log lines
+        log.debug("http %s " + format, self.client_address[0], *args)
