@@ -74,7 +74,9 @@ class TaskSpec:
         return out
 
     @classmethod
-    def from_hash(cls, task_id: int, raw: Mapping[bytes, bytes] | Mapping[bytes | str, bytes | str]) -> TaskSpec:
+    def from_hash(
+        cls, task_id: int, raw: Mapping[bytes, bytes] | Mapping[bytes | str, bytes | str]
+    ) -> TaskSpec:
         data = {text(k): text(v) for k, v in raw.items()}
         known = {f.name for f in fields(cls)}
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
