@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from scheduler import __version__
-from scheduler.cli import inspect_cmds, run_cmd, task_cmds
+from scheduler.cli import demo_cmd, inspect_cmds, run_cmd, task_cmds
 from scheduler.cli.common import EXIT_USAGE, CliError, Command, report_error
 
-MODULES = [run_cmd, task_cmds, inspect_cmds]
+MODULES = [run_cmd, task_cmds, inspect_cmds, demo_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
