@@ -63,6 +63,11 @@ class StatusServer:
         return int(self._server.server_address[1])
 
     def start(self) -> StatusServer:
+        try:
+            self._server = _Server(self, self.host, self._requested_port)
+        except OSError as exc:
+            where = f"{self.host}:{self._requested_port}"
+            raise OSError(exc.errno, f"status server cannot listen on {where}: {exc.strerror}") from None
         # no retry: a probe answers within its timeout, and the next probe asks again
         self._probe = self.daemon.settings.redis_client(
             socket_timeout=PROBE_TIMEOUT_S,
@@ -71,13 +76,6 @@ class StatusServer:
             health_check_interval=0,
             client_name="goodshunter-scheduler-probe",
         )
-        try:
-            self._server = _Server(self, self.host, self._requested_port)
-        except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"status server cannot listen on {self.host}:{self._requested_port}: {exc.strerror}",
-            ) from None
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True
         )
@@ -126,6 +124,7 @@ class StatusServer:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung client must not keep the process alive at exit
+    request_queue_size = 128  # socketserver's 5 drops a burst of probes' SYNs (1 s client retransmit)
 
     def __init__(self, status: StatusServer, host: str, port: int) -> None:
         if ":" in host:
