@@ -1,8 +1,10 @@
 -- Publish due periodic runs: each due task once per period, by whichever daemon runs this first.
 -- KEYS: schedule set (task id → next run ms), intervals hash (task id → ms), stream.
 -- ARGV: now-timestamp text for the message (RFC 3339), max tasks, marker key prefix, marker ttl ms.
--- The next run is the first point of the task's own grid (scheduled time + k × interval) after now:
--- periods never drift, and missed periods after downtime collapse into this one run.
+-- On time (at most a tenth of a period late, the usual case): the next run is scheduled time + interval,
+-- so periods never drift. Later than that (daemons were down, Redis was away): the missed periods
+-- collapse into this one run and the next is a full period from now, never a burst of catch-up runs
+-- nor two runs closer than a period.
 -- A task whose previous run still holds its marker (queued, retrying, in flight) is skipped, not stacked.
 -- Returns {published, skipped, ms until the next due run or -1}.
 local t = redis.call('TIME')
@@ -15,8 +17,11 @@ for i = 1, #due, 2 do
   if interval == nil or interval <= 0 then
     redis.call('ZREM', KEYS[1], task)  -- no interval known: not periodic any more
   else
-    local missed = math.floor((now - scheduled) / interval) + 1
-    redis.call('ZADD', KEYS[1], scheduled + missed * interval, task)
+    local nxt = scheduled + interval
+    if now - scheduled > interval / 10 then
+      nxt = now + interval
+    end
+    redis.call('ZADD', KEYS[1], nxt, task)
     local marker = ARGV[3] .. task
     if redis.call('EXISTS', marker) == 1 then
       skipped = skipped + 1
