@@ -253,21 +253,21 @@ class DemoSystem:
         return self.daemon_exit
 
     def close(self, forced: threading.Event) -> None:
-        """Stop whatever still runs, in dependency order, then remove the work directory."""
-        try:
-            if self.daemon_alive():
-                self.stop_daemon(forced)
-            if self.crawler is not None:
-                _terminate(self.crawler, 5.0, forced)
-                if self.crawler.stdout is not None:
-                    self.crawler.stdout.close()
-            if self.client is not None:
-                self.client.close()
-            if self.redis is not None:
-                self.redis.kill() if forced.is_set() else self.redis.stop()
-        finally:
+        """Stop whatever still runs, daemon first and Redis last, then remove the work directory. Every
+        step runs even if an earlier one fails (ExitStack: last registered, first run)."""
+        with contextlib.ExitStack() as steps:
             if not self.keep_data:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                steps.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+            if (server := self.redis) is not None:
+                steps.callback(lambda: server.kill() if forced.is_set() else server.stop())
+            if self.client is not None:
+                steps.callback(self.client.close)
+            if self.crawler is not None:
+                if self.crawler.stdout is not None:
+                    steps.callback(self.crawler.stdout.close)
+                steps.callback(_terminate, self.crawler, 5.0, forced)
+            if self.daemon_alive():
+                steps.callback(self.stop_daemon, forced)
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout: float, forced: threading.Event) -> int:

@@ -22,6 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from scheduler.cli.common import EXIT_FAIL, EXIT_OK, CliError, Subparsers
 from scheduler.demo import MAX_TASKS, DemoSystem, Interrupted, Tracker, sample_specs, samples
@@ -30,6 +31,7 @@ from scheduler.errors import SchedulerError
 
 EXIT_INTERRUPTED = 130
 POLL_S = 0.5
+WIDE = 110  # terminal columns from which the tables show the platform
 
 
 def register(sub: Subparsers) -> None:
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         pids = system.pids()
         console.print("pids: " + " ".join(f"{name}={pid}" for name, pid in pids.items()))
         console.print(
-            f"redis {system.redis.url} · metrics http://127.0.0.1:{system.metrics_port}/metrics · "
+            f"redis {system.redis.url} ({system.redis.binary}) · metrics http://127.0.0.1:{system.metrics_port}/metrics · "
             f"daemon log {system.daemon_log}"
         )
         chosen = samples(args.tasks)
@@ -140,7 +142,11 @@ def _watch(
     signals: Signals,
 ) -> str:
     live = (
-        Live(_progress_table(tracker, started, seconds), console=console, transient=True)
+        Live(
+            _progress_table(tracker, started, seconds, wide=console.width >= WIDE),
+            console=console,
+            transient=True,
+        )
         if console.is_terminal
         else None
     )
@@ -149,7 +155,7 @@ def _watch(
         while True:
             _print_events(console, tracker, started)
             if live is not None:
-                live.update(_progress_table(tracker, started, seconds))
+                live.update(_progress_table(tracker, started, seconds, wide=console.width >= WIDE))
             elif time.monotonic() - last_line >= 2.0 and tracker.queue != last_state:
                 console.print(f"{time.monotonic() - started:6.1f}s  {_queue_line(tracker)}")
                 last_line, last_state = time.monotonic(), tracker.queue
@@ -176,28 +182,43 @@ def _queue_line(tracker: Tracker) -> str:
     )
 
 
-def _task_table(tracker: Tracker, title: str, *, summary: bool) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for name in ("#", "search", "platform", "crawls", "ok", "failed", "calls", "status", "items", "new"):
-        table.add_column(name, justify="left" if name in ("search", "platform", "status") else "right")
-    table.add_column("dead letters" if summary else "next run", justify="right")
+STATUS_STYLES = {"success": "green", "no_items": "cyan", "failed": "red"}
+
+
+def _task_table(tracker: Tracker, title: str, *, summary: bool, wide: bool) -> Table:
+    # The search column takes what is left and wraps; the figures never wrap (80 columns still fit).
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("search", ratio=1, overflow="fold")
+    if wide:
+        table.add_column("platform", no_wrap=True)
+    for name in (
+        "crawls",
+        "failed",
+        "calls",
+        "status",
+        "items",
+        "new",
+        "dead\nletters" if summary else "next",
+    ):
+        table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True)
     for task_id, t in tracker.tasks.items():
-        last = "dead letters" if summary else "next run"
-        extra = (
-            str(t.dead_letters)
-            if last == "dead letters"
-            else (f"{t.next_run_in:.0f}s" if t.next_run_in is not None else "-")
-        )
         search = t.sample.search + (f" [{t.sample.script}]" if t.sample.script else "")
+        platform = [t.sample.platform] if wide else []
+        if summary:
+            last = str(t.dead_letters)
+        else:
+            last = "-" if t.next_run_in is None else f"{t.next_run_in:.0f}s"
         table.add_row(
-            str(task_id), search, t.sample.platform, str(t.crawls), str(t.ok), str(t.failed), str(t.calls),
-            t.status or "waiting", str(t.items), str(t.new_items), extra,
+            str(task_id), search, *platform, str(t.crawls), str(t.failed), str(t.calls),
+            Text(t.status or "waiting", style=STATUS_STYLES.get(t.status, "dim")),
+            str(t.items), str(t.new_items), last,
         )  # fmt: skip
     return table
 
 
-def _progress_table(tracker: Tracker, started: float, seconds: float | None) -> Table:
-    table = _task_table(tracker, "GoodsHunter scheduler demo", summary=False)
+def _progress_table(tracker: Tracker, started: float, seconds: float | None, *, wide: bool) -> Table:
+    table = _task_table(tracker, "GoodsHunter scheduler demo", summary=False, wide=wide)
     left = (
         f" · {max(0.0, seconds - (time.monotonic() - started)):.0f}s left" if seconds else " · Ctrl-C to stop"
     )
@@ -206,11 +227,11 @@ def _progress_table(tracker: Tracker, started: float, seconds: float | None) -> 
 
 
 def _summary(console: Console, tracker: Tracker, daemon_exit: int | None, *, forced: bool) -> int:
-    table = _task_table(tracker, "Summary", summary=True)
+    table = _task_table(tracker, "Summary", summary=True, wide=console.width >= WIDE)
     tasks = list(tracker.tasks.values())
     table.add_section()
     table.add_row(
-        "", "total", "", str(sum(t.crawls for t in tasks)), str(sum(t.ok for t in tasks)),
+        "", "total", *([""] if console.width >= WIDE else []), str(sum(t.crawls for t in tasks)),
         str(sum(t.failed for t in tasks)), str(sum(t.calls for t in tasks)), "",
         str(sum(t.items for t in tasks)), str(sum(t.new_items for t in tasks)),
         str(sum(t.dead_letters for t in tasks)),
@@ -221,7 +242,7 @@ def _summary(console: Console, tracker: Tracker, daemon_exit: int | None, *, for
             seen = "as shown above" if t.as_expected else "NOT seen this time"
             console.print(f"#{task_id} {t.sample.search} [{t.sample.script}]: {t.sample.shows} ({seen}).")
     console.print(
-        "crawls = ok + failed (a failed crawl is requeued or dead-lettered); calls = gRPC calls the crawler "
+        "crawls: finished crawls, failed ones included (each was requeued or dead-lettered); calls = gRPC calls the crawler "
         "answered, retries within a crawl included; new = items this task had not seen before."
     )
     console.print(f"daemon: {'killed (forced)' if forced else f'exited {daemon_exit}'}")
