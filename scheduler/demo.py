@@ -287,7 +287,7 @@ def _terminate(process: subprocess.Popen[bytes], timeout: float, forced: threadi
 
 @dataclass
 class TaskProgress:
-    spec: TaskSpec
+    task_id: int
     sample: Sample
     ok: int = 0  # successful crawls: entries of the results stream
     failed: int = 0  # failed crawls: each one was requeued or dead-lettered
@@ -333,10 +333,8 @@ class Tracker:
     ) -> None:
         self.redis = client
         self.settings = s = settings
-        self.tasks = {
-            spec.task_id: TaskProgress(spec, sample)
-            for spec, sample in zip(sample_specs(chosen, 1.0), chosen, strict=True)
-        }
+        # task ids as sample_specs() numbers them
+        self.tasks = {n: TaskProgress(n, sample) for n, sample in enumerate(chosen, start=1)}
         self.queue = QueueState()
         self._calls_log = calls_log
         self._calls_offset = 0
@@ -375,7 +373,7 @@ class Tracker:
             found = (
                 f"{entry.get('total_found')} items, {new} new" if entry["status"] == "success" else "no items"
             )
-            events.append((task.spec.task_id, f"crawl {task.crawls}: {entry['status']} ({found})"))
+            events.append((task.task_id, f"crawl {task.crawls}: {entry['status']} ({found})"))
         return events
 
     def _read_requeues(self) -> list[tuple[int, str]]:
@@ -395,7 +393,7 @@ class Tracker:
                 task.failed += 1
                 why = f": {task.message}" if task.message else ""
                 events.append(
-                    (task.spec.task_id, f"crawl {task.crawls} failed{why}; requeued as retry {message.retry}")
+                    (task.task_id, f"crawl {task.crawls} failed{why}; requeued as retry {message.retry}")
                 )
         return events
 
@@ -410,7 +408,7 @@ class Tracker:
             reason = entry.get("reason", "")
             if reason.startswith(("permanent", "max_retry")):  # not a crash loop: a crawl that failed
                 task.failed += 1
-            events.append((task.spec.task_id, f"crawl {task.crawls} dead-lettered ({reason})"))
+            events.append((task.task_id, f"crawl {task.crawls} dead-lettered ({reason})"))
         return events
 
     def _read_calls(self) -> None:

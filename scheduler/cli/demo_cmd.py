@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+import redis
 from rich import box
 from rich.console import Console
 from rich.live import Live
@@ -95,42 +96,48 @@ def run(args: argparse.Namespace) -> int:
     system = DemoSystem(workers=args.workers, keep_data=args.keep_data, stop=signals.stop)
     try:
         console.print(f"starting a private Redis, the fake crawler and the daemon in {system.workdir}")
-        try:
-            system.start()
-        except Interrupted as exc:
-            console.print(str(exc))
-            return EXIT_INTERRUPTED
-        except SchedulerError as exc:
+        code = _run(console, system, signals, args)
+        if code == EXIT_FAIL:
             system.keep_data = True
-            raise CliError(f"{exc}\n(work directory kept: {system.workdir})") from None
-        assert system.redis is not None and system.client is not None and system.settings is not None
-        pids = system.pids()
-        console.print("pids: " + " ".join(f"{name}={pid}" for name, pid in pids.items()))
-        console.print(
-            f"redis {system.redis.url} ({system.redis.binary}) · metrics http://127.0.0.1:{system.metrics_port}/metrics · "
-            f"daemon log {system.daemon_log}"
-        )
-        chosen = samples(args.tasks)
-        system.register(sample_specs(chosen, args.interval))
-        console.print(f"registered {len(chosen)} sample searches, each every {args.interval:g}s; Ctrl-C ends")
-        tracker = Tracker(system.client, system.settings, chosen, system.calls_log)
-        started = time.monotonic()
-        ended_by = _watch(console, system, tracker, started, args.seconds, signals)
-        console.print(f"stopping ({ended_by}): SIGTERM to the daemon, which drains its in-flight crawls")
-        daemon_exit = system.stop_daemon(signals.forced)
-        _print_events(console, tracker, started)  # outcomes recorded during the drain
-        code = _summary(console, tracker, daemon_exit, forced=signals.forced.is_set())
-        if code == EXIT_FAIL and not system.keep_data:
-            system.keep_data = True
-            console.print(f"work directory kept for inspection: {system.workdir}")
-        elif system.keep_data:
+        if system.keep_data:
             console.print(
                 f"work directory kept: {system.workdir} (daemon.log, config.json, crawler-calls.jsonl)"
             )
+        else:
+            console.print(
+                "work directory removed (--keep-data keeps the daemon log, its config, the calls log)"
+            )
         return code
+    except (SchedulerError, redis.RedisError) as exc:
+        system.keep_data = True
+        raise CliError(f"{exc}\n(work directory kept: {system.workdir})") from None
     finally:
         system.close(signals.forced)
         restore()
+
+
+def _run(console: Console, system: DemoSystem, signals: Signals, args: argparse.Namespace) -> int:
+    try:
+        system.start()
+    except Interrupted as exc:
+        console.print(str(exc))
+        return EXIT_INTERRUPTED
+    assert system.redis is not None and system.client is not None and system.settings is not None
+    console.print("pids: " + " ".join(f"{name}={pid}" for name, pid in system.pids().items()))
+    console.print(
+        f"redis {system.redis.url} ({system.redis.binary}) · metrics "
+        f"http://127.0.0.1:{system.metrics_port}/metrics · daemon log {system.daemon_log}"
+    )
+    chosen = samples(args.tasks)
+    system.register(sample_specs(chosen, args.interval))
+    console.print(f"registered {len(chosen)} sample searches, each every {args.interval:g}s; Ctrl-C ends")
+    tracker = Tracker(system.client, system.settings, chosen, system.calls_log)
+    started = time.monotonic()
+    ended_by = _watch(console, system, tracker, started, args.seconds, signals)
+    console.print(f"stopping ({ended_by}): SIGTERM to the daemon, which drains its in-flight crawls")
+    daemon_exit = system.stop_daemon(signals.forced)
+    _print_events(console, tracker, started)  # outcomes recorded during the drain
+    return _summary(console, tracker, daemon_exit, forced=signals.forced.is_set())
 
 
 def _watch(
