@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The read loop stamps daemon.last_loop at least every ~1.5 s, even idle; only a loop stuck in one call
-# for this long is dead. Above the 25 s drain, so a daemon finishing its work is not killed as hung.
+# The read loop stamps daemon.last_loop at least every ~1.5 s, even idle or while Redis is down; only a
+# loop stuck in one call for this long is dead.
 STALL_AFTER_S = 30.0
 READY_CACHE_S = 1.0
 PROBE_TIMEOUT_S = 1.0
@@ -95,20 +95,27 @@ class StatusServer:
     # -- the checks --------------------------------------------------------------------------------------
 
     def live(self) -> tuple[bool, str]:
+        if self._stopping():
+            # the loop has ended on purpose and the drain is bounded by shutdown_grace, which may be longer
+            # than the stall limit: a liveness kill now would cut the in-flight crawls short
+            return True, "stopping"
         stalled = time.monotonic() - self.daemon.last_loop
         if stalled > self.stall_after_s:
             return False, f"read loop stalled for {stalled:.0f}s"
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
-        # The daemon has no public "stopping" flag; its stop Event is the single source of truth.
-        if self.daemon._stopping.is_set():
+        if self._stopping():
             return False, "stopping"
         with self._ready_lock:  # concurrent probes wait for one check instead of each running their own
             if time.monotonic() - self._ready_at >= self.ready_cache_s:
                 self._ready = self._check_ready()
                 self._ready_at = time.monotonic()
             return self._ready
+
+    def _stopping(self) -> bool:
+        # The daemon has no public "stopping" flag; its stop Event is the single source of truth.
+        return self.daemon._stopping.is_set()
 
     def _check_ready(self) -> tuple[bool, str]:
         assert self._probe is not None
