@@ -141,7 +141,9 @@ def test_after_downtime_each_task_runs_once_then_on_its_period(
         assert after[0] - up_at < 1.0  # it runs once right away ...
         assert len([ts for ts in after if ts - up_at < 0.9]) == 1  # ... once, not five catch-up runs
         assert 2 <= len(after) <= 4  # then on its period
-        assert all(b - a >= 0.9 for a, b in pairwise(after))
+        # spacing: no catch-up burst (the 0.9 x bound is the 3-daemon test's; 1 s periods on two busy
+        # cores jitter by a tenth or two)
+        assert all(b - a >= 0.7 for a, b in pairwise(after)), after
 
 
 def test_a_burst_of_executes_for_an_idle_task_crawls_it_once(
