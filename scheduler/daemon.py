@@ -53,7 +53,13 @@ class Daemon:
         handle_signals: bool = True,
     ) -> None:
         self.settings = s = settings
-        self.redis = redis_client or s.redis_client(client_name=f"goodshunter-scheduler:{s.consumer_name}")
+        # A socket timeout a few seconds past the read's BLOCK: a Redis that vanishes without closing
+        # connections is noticed in seconds, well inside the 30 s liveness window, not after minutes.
+        self.redis = redis_client or s.redis_client(
+            client_name=f"goodshunter-scheduler:{s.consumer_name}",
+            socket_timeout=BLOCK_MS / 1000 + 4,
+            socket_keepalive=True,
+        )
         self.metrics = metrics or Metrics()
         self.crawler = crawler or CrawlerClient(
             s.crawler_grpc_addr,
@@ -151,6 +157,10 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def request_stop(self, force: bool = False) -> None:
         if force:

@@ -115,7 +115,7 @@ class StatusServer:
 
     def _stopping(self) -> bool:
         # The daemon has no public "stopping" flag; its stop Event is the single source of truth.
-        return self.daemon._stopping.is_set()
+        return self.daemon.stopping
 
     def _check_ready(self) -> tuple[bool, str]:
         assert self._probe is not None

@@ -114,8 +114,10 @@ class TaskRunner:
         """Handle one message; returns the outcome label (for metrics and tests)."""
         msg = running.msg
         task = msg.message
-        wait = time.time() - task.timestamp.timestamp() if task.retry == 0 else None
-        if wait is not None and 0 <= wait < 86400:
+        # from the entry's own id (Redis' clock when it was added): a retry's or a replayed dead letter's
+        # wait starts at its re-add, and a producer's skewed clock does not count
+        wait = time.time() - int(msg.id.split("-", 1)[0]) / 1000
+        if 0 <= wait < 86400:
             self.metrics.queue_wait.observe(wait)
         if task.action == "stop":
             self.on_stop(task.task_id, f"stop message {msg.id} (source {task.source})")
