@@ -206,14 +206,24 @@ class CrawlerClient:
         The original crawler registers no health service (Check answers UNIMPLEMENTED), so False does not
         by itself mean "down": use it to close the breaker early, and a probe call to learn the rest.
         """
+        return self.health_status(timeout_s) == "SERVING"
+
+    def health_status(self, timeout_s: float = 2.0) -> str:
+        """``SERVING``, ``NOT_SERVING`` (the crawler says so itself), ``UNREACHABLE`` (no answer), or
+        ``UNKNOWN`` (it answers but has no health service, like the original crawler)."""
         channel = self._require(self._channel)
         check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(check, timeout=timeout_s)
         except grpc.RpcError as exc:
-            logger.debug("crawler health check failed: %s", exc.code())
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            code = exc.code()
+            logger.debug("crawler health check failed: %s", code)
+            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
+                return "UNKNOWN"
+            return "UNREACHABLE"
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return "SERVING"
+        return "NOT_SERVING"
 
     def _call_once(
         self, stub: crawler_pb2_grpc.CrawlerServiceStub, request: crawler_pb2.FetchRequest, token: CancelToken

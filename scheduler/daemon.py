@@ -232,8 +232,14 @@ class Daemon:
         free = self.slots.wait_free(timeout=0.5)
         if free <= 0 or self._stopping.is_set():
             return
-        if self.breaker.state == "half_open" and self.crawler.health(timeout_s=1.0):
-            self.breaker.record_success()  # the health service answers SERVING: close without a probe task
+        if self.breaker.state == "half_open":
+            health = self.crawler.health_status(timeout_s=1.0)
+            if health == "SERVING":
+                self.breaker.record_success()  # close without spending a task on a probe
+            elif health in ("NOT_SERVING", "UNREACHABLE"):
+                self.breaker.force_open()  # still down: wait another open period
+                return
+            # "UNKNOWN" (no health service, like the original crawler): one probe task decides
         if not self.breaker.allow():
             self._stopping.wait(0.2)
             return
@@ -395,6 +401,7 @@ class Daemon:
             Job("periodic publisher", lambda: 1.0, self._publish_due),
             Job("heartbeat", lambda: s.heartbeat_interval, self._heartbeat),
             Job("queue gauges", lambda: 5.0, self._refresh_gauges),
+            Job("crawler health", lambda: min(5.0, s.breaker_open_duration), self._check_crawler),
             Job("trim", lambda: s.trim_interval, self._trim),
             Job("consumer reaper", lambda: 600.0, self._reap),
         ]
@@ -413,6 +420,13 @@ class Daemon:
             self.metrics.periodic_skipped.inc(skipped)
             log.info("%d periodic runs skipped: previous run still queued, retrying or running", skipped)
         return next_in
+
+    def _check_crawler(self) -> None:
+        """A crawler that says NOT_SERVING opens the circuit before tasks spend retries finding out.
+        No health service (the original crawler) or no answer says nothing here: calls will tell."""
+        if self.breaker.state == "closed" and self.crawler.health_status(timeout_s=2.0) == "NOT_SERVING":
+            log.warning("crawler health check says NOT_SERVING: opening the circuit")
+            self.breaker.force_open()
 
     def _heartbeat_key(self) -> str:
         s = self.settings

@@ -149,15 +149,14 @@ class TaskRunner:
         except CrawlCancelledError:
             return self._cancelled(running)
         except CrawlerError as exc:
-            label = self._failed(running, exc)
+            label, code, calls = self._failed(running, exc), exc.code, None
         else:
             self.breaker.record_success()
-            label = self._succeeded(running, outcome)
+            label, code, calls = self._succeeded(running, outcome), outcome.code, outcome.attempts
         seconds = time.monotonic() - started
         self.metrics.processing_duration.observe(seconds)
-        log.info(
-            "task %s", label, extra=self._extra(msg, duration_ms=round(seconds * 1000, 1), outcome=label)
-        )
+        extra = self._extra(msg, duration_ms=round(seconds * 1000, 1), outcome=label, code=code, calls=calls)
+        log.log(logging.WARNING if label == "dead_lettered" else logging.INFO, "task %s", label, extra=extra)
         return label
 
     # -- outcomes -------------------------------------------------------------------------------------------
