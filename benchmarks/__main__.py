@@ -1,0 +1,101 @@
+"""``python -m benchmarks``: our daemon against the Python task queues on the same work, side by side.
+
+Each queue gets a fresh private redis-server, a fresh fake crawler process (``python -m crawler_stub``,
+no delay) and its own documented worker program, then: a warm-up, a throughput burst, a paced latency
+run. Figures are printed as tables with ratios to ours; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.queues import DEFAULT, QUEUES, QUICK
+from benchmarks.runner import REPO, Options, Result, run_baseline, run_queue
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, help="throughput burst size (default 5000, --quick 500)")
+    parser.add_argument(
+        "--queues",
+        help=f"comma-separated, from {','.join(QUEUES)} (default {','.join(DEFAULT)}; --quick: {','.join(QUICK)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller figures: the whole run under a minute")
+    parser.add_argument("--concurrency", type=int, default=8, help="worker threads/coroutines/processes (8)")
+    parser.add_argument("--rate", type=float, default=200.0, help="latency phase: tasks per second (200)")
+    parser.add_argument("--latency-seconds", type=float, help="latency phase length (default 10, --quick 2)")
+    parser.add_argument("--items", type=int, default=5, help="items in each fake crawler answer (5)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep every worker's log directory")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = args.queues or ",".join(QUICK if args.quick else DEFAULT)
+    names = [n.strip() for n in chosen.split(",") if n.strip()]
+    unknown = [n for n in names if n not in QUEUES]
+    if unknown:
+        print(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(QUEUES)}", file=sys.stderr)
+        return 2
+    opts = Options(
+        tasks=args.tasks or (500 if args.quick else 5000),
+        concurrency=args.concurrency,
+        rate=args.rate,
+        latency_s=args.latency_seconds or (2.0 if args.quick else 10.0),
+        warmup=20 if args.quick else 50,
+        items=args.items,
+        startup_timeout=30.0,
+        throughput_timeout=10.0 if args.quick else 40.0,
+        keep_logs=args.keep_logs,
+    )
+    started = time.monotonic()
+    command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
+    print(
+        f"{command}: {', '.join(names)}; {opts.tasks} tasks, concurrency {opts.concurrency}", file=sys.stderr
+    )
+
+    baselines = {}
+    for mode in ("sync", "aio"):
+        baselines[mode] = base = run_baseline(mode, opts)
+        status = base.error or f"{base.throughput:.0f} calls/s, {base.cpu_ms:.3f} ms CPU/call"
+        print(f"  gRPC-only {mode:5} {status}", file=sys.stderr)
+    results: list[Result] = []
+    for name in names:
+        t0 = time.monotonic()
+        result = run_queue(name, opts)
+        results.append(result)
+        status = (
+            f"FAILED: {result.error}"
+            if result.error and not result.done
+            else (
+                f"{result.throughput:.0f} tasks/s, p50 "
+                f"{report.pct(result.latencies_ms, 0.5):.2f} ms, {result.cpu_ms:.3f} ms CPU/task"
+                + (f" [{result.error}]" if result.error else "")
+            )
+        )
+        print(f"  {name:10} {status} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+
+    lines = [f"$ {command}", *report.environment(REPO)]
+    lines += report.render(results, baselines, opts)
+    lines.append(f"(whole run {time.monotonic() - started:.0f} s)")
+    print("\n".join(lines))
+    if args.json:
+        payload = {
+            "options": asdict(opts),
+            "baselines": {k: asdict(v) for k, v in baselines.items()},
+            "results": [asdict(r) for r in results],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+    return 0 if any(r.done for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
