@@ -217,14 +217,22 @@ def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
             return found
         raise
     oldest = text(summary["min"]) if summary["min"] else None
+    lag = info.get("lag")
+    if lag is None:  # Redis 6.2 has no lag; 7.x says nil after some deletions: count what is left
+        lag = len(
+            client.xrange(stream, f"({text(info['last-delivered-id'])}", "+", count=LAG_COUNT_CAP) or []
+        )
     found.update(
-        group_exists=True, pending=int(summary["pending"]), lag=info.get("lag"),
+        group_exists=True, pending=int(summary["pending"]), lag=lag,
         last_delivered_id=text(info["last-delivered-id"]), oldest_pending_id=oldest,
         oldest_pending_age_s=max(0, now_ms - int(oldest.split("-")[0])) / 1000 if oldest else None,
         consumers=[{"name": text(c["name"]), "pending": int(c["pending"]), "idle_s": int(c["idle"]) / 1000}
                    for c in consumers],
     )  # fmt: skip
     return found
+
+
+LAG_COUNT_CAP = 100_000  # counting past this is slow and tells an operator nothing more
 
 
 def live_daemons(client: redis.Redis, stream: str, group: str) -> list[dict[str, Any]]:
