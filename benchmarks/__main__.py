@@ -22,7 +22,7 @@ from benchmarks.runner import REPO, Options, Result, run_baseline, run_queue
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, help="throughput burst size (default 5000, --quick 500)")
+    parser.add_argument("--tasks", type=int, help="tasks per throughput phase (default 4000, --quick 300)")
     parser.add_argument(
         "--queues",
         help=f"comma-separated, from {','.join(QUEUES)} (default {','.join(DEFAULT)}; --quick: {','.join(QUICK)})",
@@ -46,14 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(QUEUES)}", file=sys.stderr)
         return 2
     opts = Options(
-        tasks=args.tasks or (500 if args.quick else 5000),
+        tasks=args.tasks or (300 if args.quick else 4000),
         concurrency=args.concurrency,
         rate=args.rate,
         latency_s=args.latency_seconds or (2.0 if args.quick else 10.0),
         warmup=20 if args.quick else 50,
         items=args.items,
         startup_timeout=30.0,
-        throughput_timeout=10.0 if args.quick else 40.0,
+        throughput_timeout=8.0 if args.quick else 30.0,
         keep_logs=args.keep_logs,
     )
     started = time.monotonic()
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             f"FAILED: {result.error}"
             if result.error and not result.done
             else (
-                f"{result.throughput:.0f} tasks/s, p50 "
-                f"{report.pct(result.latencies_ms, 0.5):.2f} ms, {result.cpu_ms:.3f} ms CPU/task"
+                f"{result.throughput:.0f} tasks/s e2e, {result.drain:.0f} drain, p50 "
+                f"{report.f(report.pct(result.latencies_ms, 0.5))} ms, {result.cpu_ms:.3f} ms CPU/task"
                 + (f" [{result.error}]" if result.error else "")
             )
         )

@@ -83,13 +83,33 @@ def f(value: float, digits: int = 2) -> str:
 def render(results: list[Result], baselines: dict[str, Baseline], opts: Options) -> list[str]:
     ours = next((r for r in results if r.name == "ours" and not r.error), None)
     ok = [r for r in results if r.done]
-    out = ["", f"Throughput: {opts.tasks} tasks enqueued at once, first enqueue -> last completion "
-           f"(concurrency {opts.concurrency}; x ours = figure / ours's figure)"]  # fmt: skip
+    out = [
+        "",
+        f"Throughput: {opts.tasks} tasks, concurrency {opts.concurrency}. end-to-end: enqueued at once while the "
+        "worker runs, first enqueue -> last completion; drain: enqueued while the worker is paused (SIGSTOP), "
+        "resume -> last completion (x ours = figure / ours's figure)",
+    ]
     rows = []
     for r in ok:
-        rows.append([r.name, f"{r.throughput:.0f}", ratio(r.throughput, ours.throughput if ours else None),
-                     f"{r.seconds:.2f}", f"{r.enqueue_s:.2f}", f"{r.done}/{r.tasks}"])  # fmt: skip
-    out += table(["queue", "tasks/s", "x ours", "seconds", "enqueue s", "done"], rows)
+        rows.append([
+            r.name, f"{r.throughput:.0f}", ratio(r.throughput, ours.throughput if ours else None),
+            f"{r.seconds:.2f}", f"{r.enqueue_s:.2f}", f"{r.done}/{r.tasks}",
+            f(r.drain, 0), ratio(r.drain, ours.drain if ours else None), f(r.drain_s),
+        ])  # fmt: skip
+    out += table(
+        [
+            "queue",
+            "e2e tasks/s",
+            "x ours",
+            "seconds",
+            "enqueue s",
+            "done",
+            "drain tasks/s",
+            "x ours",
+            "seconds",
+        ],
+        rows,
+    )
     for mode, base in baselines.items():
         if not base.error:
             out.append(f"  (gRPC calls alone, {mode}: {base.throughput:.0f} calls/s)")
@@ -107,7 +127,7 @@ def render(results: list[Result], baselines: dict[str, Baseline], opts: Options)
                      f"{len(lat)}/{r.submitted}"])  # fmt: skip
     out += table(["queue", "p50", "p95", "p99", "max", "p50 x ours", "p99 x ours", "done"], rows)
 
-    out += ["", "Cost: CPU of the worker's process tree per task (throughput phase; /proc utime+stime), its own "
+    out += ["", "Cost: CPU of the worker's process tree per task (drain phase; /proc utime+stime), its own "
             "part (minus the gRPC-only loop's CPU per call), Redis server CPU; memory: peak RSS of the largest process "
             "(VmHWM) and the sampled peak of the tree's summed PSS (shared pages split between processes)"]  # fmt: skip
     rows = []
