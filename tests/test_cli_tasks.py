@@ -133,6 +133,15 @@ def test_stop_marks_stopped_and_enqueues_a_stop_message(redis_url: str, r: redis
     assert r.zscore(keys.schedule_set(STREAM), "8") is None
 
 
+def test_task_delete_stops_and_forgets(redis_url: str, r: redis.Redis) -> None:
+    run(redis_url, "task", "add", "--id", "4", "--keyword", "x", "--every", "1m")
+    result = run(redis_url, "task", "delete", "4", "40")
+    assert result.returncode == 3
+    assert result.stdout.splitlines() == ["task 4: deleted", "task 40: not registered"]
+    assert not r.exists(keys.task_spec_key(4)) and r.zscore(keys.schedule_set(STREAM), "4") is None
+    assert run(redis_url, "task", "show", "4").returncode == 3
+
+
 def test_redis_down_is_exit_1_with_one_line_and_no_secret(redis_url: str) -> None:
     url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
     for args in (["submit", "1"], ["task", "list"], ["stop", "1"]):

@@ -56,7 +56,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("task_ids", metavar="TASK_ID", nargs="+", type=task_id_arg)
     p.set_defaults(handler=stop)
 
-    task = sub.add_parser("task", help="manage the task registry (add, import, show, list)")
+    task = sub.add_parser("task", help="manage the task registry (add, import, show, list, delete)")
     tsub = task.add_subparsers(dest="task_command", metavar="TASK_COMMAND", required=True)
     p = tsub.add_parser(
         "add",
@@ -98,6 +98,16 @@ def register(sub: Subparsers) -> None:
     p.add_argument("task_id", metavar="ID", type=task_id_arg)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=task_show)
+
+    p = tsub.add_parser(
+        "delete",
+        help="stop tasks and remove them from the registry",
+        description="Stop the tasks everywhere, then delete their specs. Messages still queued for them are "
+        "acknowledged without a crawl and counted as skipped.",
+    )
+    add_config_option(p)
+    p.add_argument("task_ids", metavar="ID", nargs="+", type=task_id_arg)
+    p.set_defaults(handler=task_delete)
 
     p = tsub.add_parser("list", help="every registered task")
     add_config_option(p)
@@ -238,6 +248,20 @@ def _spec_from_json(obj: Any, no_run: bool) -> TaskSpec:
     if no_run:
         fields["status"] = "stopped"
     return TaskSpec(task_id=obj["id"], interval_s=interval, **fields)
+
+
+def task_delete(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    client = redis_from(settings)
+
+    def go() -> int:
+        lifecycle = Lifecycle(settings, client)
+        missing = [t for t in args.task_ids if not lifecycle.delete(t, who="cli delete")]
+        for task_id in args.task_ids:
+            print(f"task {task_id}: " + ("not registered" if task_id in missing else "deleted"))
+        return EXIT_NOT_FOUND if missing else EXIT_OK
+
+    return guard(go)
 
 
 def task_show(args: argparse.Namespace) -> int:
