@@ -83,6 +83,22 @@ def f(value: float, digits: int = 2) -> str:
 def render(results: list[Result], baselines: dict[str, Baseline], opts: Options) -> list[str]:
     ours = next((r for r in results if r.name == "ours" and not r.error), None)
     ok = [r for r in results if r.done]
+    out = _throughput(ok, ours, baselines, opts) + _latency(ok, ours, opts) + _cost(ok, ours, baselines, opts)
+    out += ["", "Configurations:"]
+    for r in results:
+        out.append(f"  {r.name:10} {r.config or '-'} [gRPC {r.grpc}]")
+    notes = [f"  {r.name}: {r.note}" for r in results if r.note]
+    errors = [f"  {r.name}: {r.error}" for r in results if r.error]
+    if notes:
+        out += ["Notes:", *notes]
+    if errors:
+        out += ["FAILED or incomplete:", *errors]
+    return out
+
+
+def _throughput(
+    ok: list[Result], ours: Result | None, baselines: dict[str, Baseline], opts: Options
+) -> list[str]:
     out = [
         "",
         f"Throughput: {opts.tasks} tasks, concurrency {opts.concurrency}. end-to-end: enqueued at once while the "
@@ -96,26 +112,27 @@ def render(results: list[Result], baselines: dict[str, Baseline], opts: Options)
             f"{r.seconds:.2f}", f"{r.enqueue_s:.2f}", f"{r.done}/{r.tasks}",
             f(r.drain, 0), ratio(r.drain, ours.drain if ours else None), f(r.drain_s),
         ])  # fmt: skip
-    out += table(
-        [
-            "queue",
-            "e2e tasks/s",
-            "x ours",
-            "seconds",
-            "enqueue s",
-            "done",
-            "drain tasks/s",
-            "x ours",
-            "seconds",
-        ],
-        rows,
-    )
+    header = [
+        "queue",
+        "e2e tasks/s",
+        "x ours",
+        "seconds",
+        "enqueue s",
+        "done",
+        "drain tasks/s",
+        "x ours",
+        "seconds",
+    ]
+    out += table(header, rows)
     for mode, base in baselines.items():
         if not base.error:
             out.append(f"  (gRPC calls alone, {mode}: {base.throughput:.0f} calls/s)")
+    return out
 
-    out += ["", f"Latency: submit -> done, one task every {1000 / opts.rate:.0f} ms ({opts.rate:.0f}/s) for "
-            f"{opts.latency_s:.0f} s, milliseconds"]  # fmt: skip
+
+def _latency(ok: list[Result], ours: Result | None, opts: Options) -> list[str]:
+    out = ["", f"Latency: submit -> done, one task every {1000 / opts.rate:.0f} ms ({opts.rate:.0f}/s) for "
+           f"{opts.latency_s:.0f} s, milliseconds"]  # fmt: skip
     rows = []
     o = ours.latencies_ms if ours else []
     for r in ok:
@@ -125,40 +142,33 @@ def render(results: list[Result], baselines: dict[str, Baseline], opts: Options)
         rows.append([r.name, f(pct(lat, 0.5), 3), f(pct(lat, 0.95), 3), f(pct(lat, 0.99), 3), f(lat[-1], 3),
                      ratio(pct(lat, 0.5), pct(o, 0.5)), ratio(pct(lat, 0.99), pct(o, 0.99)),
                      f"{len(lat)}/{r.submitted}"])  # fmt: skip
-    out += table(["queue", "p50", "p95", "p99", "max", "p50 x ours", "p99 x ours", "done"], rows)
+    return out + table(["queue", "p50", "p95", "p99", "max", "p50 x ours", "p99 x ours", "done"], rows)
 
-    out += ["", "Cost: CPU of the worker's process tree per task (drain phase; /proc utime+stime), its own "
-            "part (minus the gRPC-only loop's CPU per call), Redis server CPU; memory: peak RSS of the largest process "
-            "(VmHWM) and the sampled peak of the tree's summed PSS (shared pages split between processes)"]  # fmt: skip
+
+def _cost(ok: list[Result], ours: Result | None, baselines: dict[str, Baseline], opts: Options) -> list[str]:
+    out = ["", "Cost: CPU of the worker's process tree per task (drain phase; /proc utime+stime), its own "
+           "part (minus the gRPC-only loop's CPU per call), Redis server CPU; memory: peak RSS of the largest process "
+           "(VmHWM) and the sampled peak of the tree's summed PSS (shared pages split between processes)"]  # fmt: skip
+
+    def grpc_ms(r: Result) -> float:
+        base = baselines.get(r.grpc)
+        return base.cpu_ms if base and not base.error else float("nan")
+
     rows = []
-
-    def own(r: Result) -> float:
-        base = baselines.get(r.grpc)
-        return r.cpu_ms - base.cpu_ms if base and not base.error else float("nan")
-
     for r in ok:
-        base = baselines.get(r.grpc)
-        grpc_ms = base.cpu_ms if base and not base.error else float("nan")
-        mine = own(r)
-        rows.append([r.name, f(r.cpu_ms, 3), f(grpc_ms, 3), f(mine, 3), f(mine / grpc_ms, 2) + "x",
-                     ratio(mine, own(ours) if ours else None), f(r.redis_cpu_ms, 3), f(r.lat_cpu_ms, 3),
-                     f(r.rss_max, 1), f(r.pss_peak, 1), str(r.processes),
+        mine = r.cpu_ms - grpc_ms(r)
+        name = r.name + ("*" if r.cpu_phase == "e2e" else "")
+        rows.append([name, f(r.cpu_ms, 3), f(grpc_ms(r), 3), f(mine, 3), f(mine / grpc_ms(r), 2) + "x",
+                     ratio(mine, ours.cpu_ms - grpc_ms(ours) if ours else None), f(r.redis_cpu_ms, 3),
+                     f(r.lat_cpu_ms, 3), f(r.rss_max, 1), f(r.pss_peak, 1), str(r.processes),
                      ratio(r.pss_peak, ours.pss_peak if ours else None)])  # fmt: skip
     out += table(["queue", "CPU ms/task", "gRPC ms", "own ms", "own/gRPC", "own x ours", "redis ms",
                   f"CPU ms @{opts.rate:.0f}/s", "RSS MiB", "PSS MiB", "procs", "PSS x ours"], rows)  # fmt: skip
+    if any(r.cpu_phase == "e2e" for r in ok):
+        out.append("  * CPU measured in the end-to-end phase (no drain phase: a backlog was left)")
     for mode, base in baselines.items():
         if not base.error:
             out.append(f"  (gRPC-only loop, {mode}: {base.cpu_ms:.3f} ms CPU/call, RSS {base.rss:.1f} MiB)")
         else:
             out.append(f"  (gRPC-only loop, {mode}: failed: {base.error})")
-
-    out += ["", "Configurations:"]
-    for r in results:
-        out.append(f"  {r.name:10} {r.config or '-'} [gRPC {r.grpc}]")
-    notes = [f"  {r.name}: {r.note}" for r in results if r.note]
-    errors = [f"  {r.name}: {r.error}" for r in results if r.error]
-    if notes:
-        out += ["Notes:", *notes]
-    if errors:
-        out += ["FAILED or incomplete:", *errors]
     return out
