@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller figures: the whole run under a minute")
     parser.add_argument("--concurrency", type=int, default=8, help="worker threads/coroutines/processes (8)")
     parser.add_argument("--rate", type=float, default=200.0, help="latency phase: tasks per second (200)")
-    parser.add_argument("--latency-seconds", type=float, help="latency phase length (default 10, --quick 2)")
+    parser.add_argument("--latency-seconds", type=float, help="latency phase length (default 8, --quick 2)")
     parser.add_argument("--items", type=int, default=5, help="items in each fake crawler answer (5)")
     parser.add_argument("--keep-logs", action="store_true", help="keep every worker's log directory")
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         tasks=args.tasks or (300 if args.quick else 4000),
         concurrency=args.concurrency,
         rate=args.rate,
-        latency_s=args.latency_seconds or (2.0 if args.quick else 10.0),
+        latency_s=args.latency_seconds or (2.0 if args.quick else 8.0),
         warmup=20 if args.quick else 50,
         items=args.items,
         startup_timeout=30.0,
-        throughput_timeout=8.0 if args.quick else 30.0,
+        throughput_timeout=8.0 if args.quick else 20.0,
         keep_logs=args.keep_logs,
     )
     started = time.monotonic()
