@@ -2,12 +2,15 @@
 
 The main thread runs the read loop. It reads only as many entries as there are free workers (no queue of
 claimed-but-unstarted work that a crash or a reclaim would duplicate), blocks in XREADGROUP (so a new
-task starts within milliseconds), and stops reading while the crawler's circuit is open. Beside it: a
-lease thread renews the leases of in-flight entries, a maintenance thread runs the shared timers.
+task starts within milliseconds), and stops reading while the crawler's circuit is open. Each batch is
+classified in one round-trip (specs and run claims): skips and duplicates are acknowledged at once, only
+real crawls reach the workers. Successes are recorded in batches by the OutcomeWriter.
 
-Lifecycle: ``Daemon(settings)`` stores; ``start()`` connects; ``run()`` loops until ``request_stop()``
-(or SIGTERM/SIGINT with ``handle_signals``), then drains in-flight crawls within ``shutdown_grace`` and
-closes. A second signal forces: in-flight crawls are cancelled and left pending.
+Threads beside it: ``leases`` renews the leases of held entries and cancels crawls of stopped tasks,
+``control`` hears stops from other daemons, ``maintenance`` runs the shared timers, ``outcomes`` records
+successes. Lifecycle: ``Daemon(settings)`` stores; ``start()`` connects; ``run()`` loops until
+``request_stop()`` (or SIGTERM/SIGINT with ``handle_signals``), then drains within ``shutdown_grace`` while
+leases are still renewed, and closes. A second signal forces: crawls are cancelled and left pending.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ import redis
 from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
 from scheduler.crawler import CrawlerClient
-from scheduler.errors import QueueConnectionError
+from scheduler.errors import InvalidMessageError, QueueConnectionError
 from scheduler.lifecycle import Lifecycle
+from scheduler.maintenance import Maintenance
 from scheduler.metrics import Metrics
-from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.outcomes import OutcomeWriter
+from scheduler.registry import TaskSpec
 from scheduler.taskqueue import Consumer, StreamMessage, keys
-from scheduler.timers import Job, TimerThread, heartbeat_payload
-from scheduler.worker import Running, Slots, TaskRunner
+from scheduler.taskqueue._redis import connection_errors, text
+from scheduler.taskqueue.message import decode
+from scheduler.timers import Job, TimerThread
+from scheduler.worker import HANDED, Running, Slots, TaskRunner
 
 if TYPE_CHECKING:
     from scheduler.http import StatusServer
@@ -74,7 +81,7 @@ class Daemon:
         self.breaker = CircuitBreaker(
             failure_threshold=s.breaker_failure_threshold,
             open_seconds=s.breaker_open_duration,
-            on_change=self._circuit_changed,
+            on_change=lambda _old, new: self.metrics.set_circuit(new),  # the breaker logs transitions
         )
         self.consumer = Consumer(
             self.redis,
@@ -87,29 +94,33 @@ class Daemon:
             max_deliveries=s.max_deliveries,
             on_dead_letter=self._dead_lettered,
         )
-        self.registry = RedisTaskRegistry(self.redis)
         self.lifecycle = Lifecycle(s, self.redis, self.consumer.scripts)
-        self.runner = TaskRunner(
+        self.slots = Slots(s.worker_pool_size)
+        self.handle_signals = handle_signals
+        self.running: dict[str, Running] = {}  # entry id → what this daemon holds
+        self._running_lock = threading.Lock()
+        self._stopping = threading.Event()  # stop reading (and the maintenance timers)
+        self._forced = threading.Event()  # give up the drain: cancel crawls, stop retrying writes
+        self._halt = threading.Event()  # after the drain: stop renewing leases, stop hearing stops
+        self.writer = OutcomeWriter(s, self.consumer, self.lifecycle, self.metrics, finished=self._finish,
+                                    give_up=self._forced)  # fmt: skip
+        self.runner = TaskRunner(s, self.consumer, self.crawler, self.breaker, self.metrics, self.lifecycle,
+                                 record=self.writer.submit, on_stop=self.stop_task, give_up=self._forced)  # fmt: skip
+        self.maintenance = Maintenance(
             s,
-            self.redis,
             self.consumer,
+            self.lifecycle,
             self.crawler,
             self.breaker,
             self.metrics,
-            self.lifecycle,
-            self.stop_task,
+            lambda: self.slots.busy,
         )
-        self.slots = Slots(s.worker_pool_size)
-        self.handle_signals = handle_signals
-        self.running: dict[str, Running] = {}  # entry id → what a worker holds
-        self._running_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._forced = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._timers: list[TimerThread] = []
         self._control: threading.Thread | None = None
         self._http: StatusServer | None = None
         self._next_reclaim = 0.0
+        self._next_health = 0.0
         self._redis_failures = 0
         self.last_loop = time.monotonic()  # /healthz: the loop is turning
         self.started = threading.Event()
@@ -120,12 +131,14 @@ class Daemon:
         s = self.settings
         self.crawler.start()
         self._executor = ThreadPoolExecutor(s.worker_pool_size, thread_name_prefix="worker")
+        self.writer.start()
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
+        leases = Job("lease renewal", lambda: s.lease_renew_interval, self._renew_leases)
         self._timers = [
-            TimerThread("leases", [Job("lease renewal", lambda: s.lease_renew_interval, self._renew_leases)], self._stopping),
-            TimerThread("maintenance", self._maintenance_jobs(), self._stopping),
-        ]  # fmt: skip
+            TimerThread("leases", [leases], self._halt),
+            TimerThread("maintenance", self.maintenance.jobs(), self._stopping),
+        ]
         for timer in self._timers:
             timer.start()
         self._control = threading.Thread(target=self._listen_control, name="control", daemon=True)
@@ -163,9 +176,9 @@ class Daemon:
         return self._stopping.is_set()
 
     def request_stop(self, force: bool = False) -> None:
+        """Safe from a signal handler: only sets events; the main thread acts on them."""
         if force:
             self._forced.set()
-            self._cancel_running("shutdown")
         self._stopping.set()
 
     def _install_signal_handlers(self) -> None:
@@ -184,16 +197,18 @@ class Daemon:
     def _shutdown(self) -> None:
         self._stopping.set()
         grace = self.settings.shutdown_grace
-        busy = self.slots.busy
-        if busy:
-            log.info("draining %d in-flight tasks (grace %.0fs)", busy, grace)
+        if self.slots.busy:
+            log.info("draining %d in-flight tasks (grace %.0fs)", self.slots.busy, grace)
         deadline = time.monotonic() + grace
         while not self.slots.wait_idle(0.2):
             if self._forced.is_set() or time.monotonic() >= deadline:
+                self._forced.set()  # writes stop retrying too: nothing may outlast the grace period
                 left = self._cancel_running("shutdown")
                 log.warning("grace period over: %d crawls cancelled and left pending", left)
                 self.slots.wait_idle(5.0)
                 break
+        self.writer.close(5.0)
+        self._halt.set()
         for timer in self._timers:
             timer.join(2.0)
         if self._control is not None:
@@ -203,10 +218,7 @@ class Daemon:
         if self._http is not None:
             self._http.stop()
         self.crawler.close()
-        try:
-            self.redis.delete(self._heartbeat_key())
-        except redis.RedisError:
-            pass
+        self.maintenance.clear_heartbeat()
         self.redis.close()
         log.info("daemon stopped", extra={"consumer": self.settings.consumer_name})
 
@@ -220,9 +232,12 @@ class Daemon:
                 if self._redis_failures:
                     log.info("Redis reachable again after %d failed attempts", self._redis_failures)
                     self._redis_failures = 0
-            except (QueueConnectionError, redis.ConnectionError, redis.TimeoutError) as exc:
-                self._redis_down(exc)
-            except redis.ResponseError as exc:
+            except (
+                QueueConnectionError,
+                redis.ConnectionError,
+                redis.TimeoutError,
+                redis.ResponseError,
+            ) as exc:
                 self._redis_down(exc)
             except Exception:
                 log.exception("read loop error; continuing")
@@ -232,24 +247,36 @@ class Daemon:
         free = self.slots.wait_free(timeout=0.5)
         if free <= 0 or self._stopping.is_set():
             return
-        if self.breaker.state == "half_open":
-            health = self.crawler.health_status(timeout_s=1.0)
-            if health == "SERVING":
-                self.breaker.record_success()  # close without spending a task on a probe
-            elif health in ("NOT_SERVING", "UNREACHABLE"):
-                self.breaker.force_open()  # still down: wait another open period
-                return
-            # "UNKNOWN" (no health service, like the original crawler): one probe task decides
+        if self.breaker.state == "half_open" and not self._half_open_check():
+            return
         if not self.breaker.allow():
             self._stopping.wait(0.2)
             return
-        if self.breaker.state == "half_open":
-            free = 1  # a crawler without a health service: one probe task until it answers again
-        messages = self._reclaim(free) if time.monotonic() >= self._next_reclaim else []
+        probe = self.breaker.state == "half_open"
+        if probe:
+            free = 1  # a crawler without a health service: one probe task decides
+        messages: list[StreamMessage] = []
+        # own pending entries come back through the resume read, never through reclaim
+        if not self.consumer.resuming and time.monotonic() >= self._next_reclaim:
+            messages = self._reclaim(free)
         if not messages:
             messages = self.consumer.read(free, block_ms=BLOCK_MS)
         if messages:
-            self._dispatch(messages)
+            self._dispatch(messages, probe)
+
+    def _half_open_check(self) -> bool:
+        """Half-open: a health answer decides without spending a task. False: stay out this turn."""
+        now = time.monotonic()
+        if now < self._next_health:
+            return True  # checked a moment ago and it said nothing: the probe task (if any) decides
+        self._next_health = now + 1.0
+        health = self.crawler.health_status(timeout_s=1.0)
+        if health == "SERVING":
+            self.breaker.record_success()
+        elif health in ("NOT_SERVING", "UNREACHABLE"):
+            self.breaker.force_open()  # still down: wait another open period
+            return False
+        return True
 
     def _reclaim(self, count: int) -> list[StreamMessage]:
         self._next_reclaim = time.monotonic() + self.settings.reclaim_interval
@@ -260,27 +287,42 @@ class Daemon:
             self._next_reclaim = 0.0  # there may be more: look again next turn
         return messages
 
-    def _dispatch(self, messages: list[StreamMessage]) -> None:
-        specs = self._specs(messages)
-        probe = self.breaker.state == "half_open"
+    def _dispatch(self, messages: list[StreamMessage], probe: bool) -> None:
+        with self._running_lock:  # an entry this daemon already holds is never started twice
+            messages = [m for m in messages if m.id not in self.running]
+        executes = [m for m in messages if m.message.action == "execute"]
+        specs, verdicts = self._classify(executes)
+        ended: list[tuple[StreamMessage, str]] = []
         assert self._executor is not None
         for msg in messages:
+            spec = specs.get(msg.message.task_id)
+            if msg.message.action == "execute":
+                if spec is None or (spec.status == "stopped" and not _restarts(msg, spec)):
+                    ended.append((msg, "skipped"))
+                    continue
+                if verdicts[msg.id] != "run":
+                    ended.append((msg, "duplicate"))
+                    continue
             running = Running(msg, probe=probe)
             with self._running_lock:
                 self.running[msg.id] = running
             self.slots.take()
             self.metrics.workers_busy.inc()
-            self._executor.submit(self._work, running, specs.get(msg.message.task_id))
+            self._executor.submit(self._work, running, spec)
+        if ended:
+            self._end_at_once(ended)
 
-    def _specs(self, messages: list[StreamMessage]) -> dict[int, TaskSpec | None]:
-        """All specs of a batch in one round-trip."""
-        ids = sorted({m.message.task_id for m in messages if m.message.action == "execute"})
-        if not ids:
-            return {}
+    def _classify(self, executes: list[StreamMessage]) -> tuple[dict[int, TaskSpec | None], dict[str, str]]:
+        """Specs and run claims of a whole batch in one round-trip."""
+        if not executes:
+            return {}, {}
+        ids = sorted({m.message.task_id for m in executes})
         pipe = self.redis.pipeline(transaction=False)
         for task_id in ids:
             pipe.hgetall(keys.task_spec_key(task_id))
-        raws = pipe.execute()
+        self.lifecycle.claim_batch([(m.message.task_id, m.id, m.message.retry) for m in executes], pipe)
+        with connection_errors("read specs and claim runs"):
+            *raws, verdicts = pipe.execute()
         specs: dict[int, TaskSpec | None] = {}
         for task_id, raw in zip(ids, raws, strict=True):
             try:
@@ -288,18 +330,45 @@ class Daemon:
             except (ValueError, TypeError) as exc:
                 log.error("task %d has an unreadable spec (%s); treated as unknown", task_id, exc)
                 specs[task_id] = None
-        return specs
+        return specs, {m.id: text(v) for m, v in zip(executes, verdicts, strict=True)}
+
+    def _end_at_once(self, ended: list[tuple[StreamMessage, str]]) -> None:
+        """Skips (their claim released) and duplicates: acknowledged in one round-trip, counted."""
+        pipe = self.redis.pipeline(transaction=False)
+        for msg, label in ended:
+            if label == "skipped":
+                self.lifecycle.release(msg.message.task_id, msg.id, None, pipe)
+        pipe.xack(self.consumer.stream, self.consumer.group, *(msg.id for msg, _ in ended))
+        with connection_errors("acknowledge skipped and duplicate entries"):
+            pipe.execute()
+        for msg, label in ended:
+            self.metrics.tasks_processed.labels(label).inc()
+            if label == "duplicate":
+                self.metrics.duplicates.inc()
+            log.info(
+                "task %s",
+                label,
+                extra={"task_id": msg.message.task_id, "entry_id": msg.id, "consumer": self.consumer.name,
+                       "outcome": label, "code": label.upper()},
+            )  # fmt: skip
 
     def _work(self, running: Running, spec: TaskSpec | None) -> None:
+        label = None
         try:
-            self.runner.run(running, spec)
+            label = self.runner.run(running, spec)
         except Exception:
             log.exception("worker error; entry left pending for reclaim", extra={"entry_id": running.msg.id})
         finally:
-            with self._running_lock:
-                self.running.pop(running.msg.id, None)
-            self.metrics.workers_busy.dec()
-            self.slots.give()
+            if label != HANDED:
+                self._finish(running)
+
+    def _finish(self, running: Running) -> None:
+        """The entry is ended (or given up): its slot and lease go."""
+        with self._running_lock:
+            if self.running.get(running.msg.id) is running:
+                del self.running[running.msg.id]
+        self.metrics.workers_busy.dec()
+        self.slots.give()
 
     def _redis_down(self, exc: Exception) -> None:
         self._redis_failures += 1
@@ -309,52 +378,22 @@ class Daemon:
             log.warning("Redis error in read loop (%s); retrying in %.1fs", exc, delay)
         self._stopping.wait(delay)
 
-    # -- stop messages, cancellation ------------------------------------------------------------------
+    # -- stops, cancellation --------------------------------------------------------------------------
 
     def stop_task(self, task_id: int, why: str) -> None:
         """A stop message: stop the task everywhere (the lifecycle tells the other daemons)."""
         self.lifecycle.stop(task_id, who=why)
         self.metrics.stops.inc()
-        self.cancel_local(task_id)
+        self.cancel_local(task_id, "stopped")
 
-    def cancel_local(self, task_id: int) -> None:
-        """Cancel any crawl of this task that this daemon is running (its outcome: acked, not retried)."""
+    def cancel_local(self, task_id: int, reason: str) -> None:
+        """Cancel this daemon's crawls of the task ("stopped": acked, not retried)."""
         with self._running_lock:
             targets = [r for r in self.running.values() if r.msg.message.task_id == task_id]
         for running in targets:
-            if running.msg.message.action == "execute":
-                running.cancel_reason = "stopped"
+            if running.msg.message.action == "execute" and running.cancel_reason is None:
+                running.cancel_reason = reason
                 running.token.cancel()
-
-    def _listen_control(self) -> None:
-        """Stops published by any daemon or CLI reach this one at once; the lease timer's status check is
-        the backstop for a message missed while disconnected."""
-        channel = keys.control_channel(self.settings.task_queue_stream)
-        failures = 0
-        while not self._stopping.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(channel)
-                failures = 0
-                while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "message":
-                        self._on_control(message["data"])
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning("control channel lost (%s); resubscribing", type(exc).__name__)
-                self._stopping.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
-            except Exception:
-                log.exception("control channel error")
-                self._stopping.wait(1.0)
-            finally:
-                pubsub.close()
-
-    def _on_control(self, data: bytes) -> None:
-        verb, _, arg = data.decode("utf-8", "replace").partition(" ")
-        if verb == "stop" and arg.isdigit():
-            self.cancel_local(int(arg))
 
     def _cancel_running(self, reason: str) -> int:
         with self._running_lock:
@@ -364,7 +403,34 @@ class Daemon:
             running.token.cancel()
         return len(targets)
 
-    # -- timers -------------------------------------------------------------------------------------------
+    def _listen_control(self) -> None:
+        """Stops published by any daemon or CLI reach this one at once; the lease timer's status check is
+        the backstop for a message missed while disconnected."""
+        channel = keys.control_channel(self.settings.task_queue_stream)
+        failures = 0
+        while not self._halt.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(channel)
+                failures = 0
+                while not self._halt.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "message":
+                        verb, _, arg = text(message["data"]).partition(" ")
+                        if verb == "stop" and arg.isdigit():
+                            self.cancel_local(int(arg), "stopped")
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("control channel lost (%s); resubscribing", type(exc).__name__)
+                self._halt.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+            except Exception:
+                log.exception("control channel error")
+                self._halt.wait(1.0)
+            finally:
+                pubsub.close()
+
+    # -- leases -------------------------------------------------------------------------------------------
 
     def _renew_leases(self) -> None:
         with self._running_lock:
@@ -373,12 +439,17 @@ class Daemon:
             return
         owned = set(self.consumer.extend(ids))
         self.metrics.lease_renewals.inc()
-        self._cancel_stopped()
         with self._running_lock:
-            lost = [i for i in ids if i not in owned and i in self.running]
+            lost = [self.running[i] for i in ids if i not in owned and i in self.running]
         if lost:
             self.metrics.leases_lost.inc(len(lost))
-            log.warning("%d in-flight entries were reclaimed by another consumer", len(lost))
+            log.warning(
+                "%d held entries were reclaimed or ended by another consumer; their crawls stop", len(lost)
+            )
+            for running in lost:
+                running.cancel_reason = running.cancel_reason or "lost"
+                running.token.cancel()
+        self._cancel_stopped()
 
     def _cancel_stopped(self) -> None:
         with self._running_lock:
@@ -387,94 +458,38 @@ class Daemon:
             )
         if not task_ids:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hget(keys.task_spec_key(task_id), "status")
-        for task_id, status in zip(task_ids, pipe.execute(), strict=True):
-            if status == b"stopped":
-                self.cancel_local(task_id)
-
-    def _maintenance_jobs(self) -> list[Job]:
-        s = self.settings
-        return [
-            Job("delayed-retry mover", lambda: 1.0, self._move_due),
-            Job("periodic publisher", lambda: 1.0, self._publish_due),
-            Job("heartbeat", lambda: s.heartbeat_interval, self._heartbeat),
-            Job("queue gauges", lambda: 5.0, self._refresh_gauges),
-            Job("crawler health", lambda: min(5.0, s.breaker_open_duration), self._check_crawler),
-            Job("trim", lambda: s.trim_interval, self._trim),
-            Job("consumer reaper", lambda: 600.0, self._reap),
-        ]
-
-    def _move_due(self) -> float | None:
-        moved, next_in = self.consumer.move_due()
-        if moved:
-            log.debug("moved %d due retries into the stream", moved)
-        return next_in
-
-    def _publish_due(self) -> float | None:
-        published, skipped, next_in = self.lifecycle.publish_due()
-        if published:
-            self.metrics.periodic_published.inc(published)
-        if skipped:
-            self.metrics.periodic_skipped.inc(skipped)
-            log.info("%d periodic runs skipped: previous run still queued, retrying or running", skipped)
-        return next_in
-
-    def _check_crawler(self) -> None:
-        """A crawler that says NOT_SERVING opens the circuit before tasks spend retries finding out.
-        No health service (the original crawler) or no answer says nothing here: calls will tell."""
-        if self.breaker.state == "closed" and self.crawler.health_status(timeout_s=2.0) == "NOT_SERVING":
-            log.warning("crawler health check says NOT_SERVING: opening the circuit")
-            self.breaker.force_open()
-
-    def _heartbeat_key(self) -> str:
-        s = self.settings
-        return keys.heartbeat_key(s.task_queue_stream, s.task_queue_group, s.consumer_name)
-
-    def _heartbeat(self) -> None:
-        s = self.settings
-        payload = heartbeat_payload(s.consumer_name, self.slots.busy, s.worker_pool_size, self.breaker.state)
-        try:
-            self.redis.set(self._heartbeat_key(), payload, ex=max(1, int(s.heartbeat_interval * 3)))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueConnectionError(f"heartbeat: {exc}") from exc
-
-    def _refresh_gauges(self) -> None:
-        s = self.settings
-        try:
+        with connection_errors("read task statuses"):
             pipe = self.redis.pipeline(transaction=False)
-            pipe.xlen(s.task_queue_stream)
-            pipe.xinfo_groups(s.task_queue_stream)
-            pipe.zcard(keys.delayed_set(s.task_queue_stream))
-            pipe.xlen(keys.dlq_stream(s.task_queue_stream))
-            length, groups, delayed, dlq = pipe.execute(raise_on_error=False)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueConnectionError(f"queue gauges: {exc}") from exc
-        for gauge, value in ((self.metrics.queue_length, length), (self.metrics.delayed_retries, delayed),
-                             (self.metrics.dlq_length, dlq)):  # fmt: skip
-            if isinstance(value, int):
-                gauge.set(value)
-        for group in groups if isinstance(groups, list) else []:
-            if group.get("name") in (s.task_queue_group, s.task_queue_group.encode()):
-                self.metrics.queue_pending.set(int(group.get("pending") or 0))
-                if group.get("lag") is not None:
-                    self.metrics.queue_lag.set(int(group["lag"]))
-
-    def _trim(self) -> None:
-        removed = self.consumer.trim(self.settings.stream_maxlen)
-        if removed:
-            log.info("trimmed %d acknowledged entries", removed)
-
-    def _reap(self) -> None:
-        removed = self.consumer.reap_consumers(min_idle_ms=3600_000)
-        if removed:
-            log.info("removed idle consumers that owned nothing: %s", ", ".join(removed))
+            for task_id in task_ids:
+                pipe.hget(keys.task_spec_key(task_id), "status")
+            statuses = pipe.execute()
+        for task_id, status in zip(task_ids, statuses, strict=True):
+            if status is not None and text(status) == "stopped":
+                self.cancel_local(task_id, "stopped")
 
     # -- callbacks ----------------------------------------------------------------------------------------
 
-    def _circuit_changed(self, old: str, new: str) -> None:
-        self.metrics.set_circuit(new)  # the breaker logs the transition itself
-
-    def _dead_lettered(self, entry_id: str, reason: str) -> None:
+    def _dead_lettered(self, entry_id: str, reason: str, payload: bytes | str) -> None:
+        """Dead letters written by the consumer itself (poison, crash loops, lost payloads)."""
         self.metrics.dead_letters.labels(reason.split(":", 1)[0]).inc()
+        task_id = _task_id_of(payload)
+        if task_id is not None:  # a crash-looping run must not keep its task's marker for an hour
+            try:
+                self.lifecycle.release(task_id, entry_id, None)
+            except redis.RedisError:
+                pass  # the marker's TTL is the backstop
+
+
+def _restarts(msg: StreamMessage, spec: TaskSpec) -> bool:
+    """A user's execute made and added after the task was stopped starts it again (a re-enabled task).
+    One queued before the stop, or a replayed dead letter of an older request, does not."""
+    added = int(msg.id.split("-", 1)[0]) / 1000
+    made = msg.message.timestamp.timestamp()
+    return msg.message.source == "user_create" and min(added, made) > spec.updated_at
+
+
+def _task_id_of(payload: bytes | str) -> int | None:
+    try:
+        return decode(payload).task_id
+    except InvalidMessageError:
+        return None

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
@@ -64,6 +64,7 @@ class Lifecycle:
             pipe = self.redis.pipeline(transaction=False)
             now_ms = int(time.time() * 1000)
             for spec in specs:
+                self._drop_orphan_retry_marker(pipe, spec.task_id)
                 if spec.status == "running":
                     interval_ms = int(self.interval_of(spec) * 1000)
                     pipe.hset(self.intervals, str(spec.task_id), interval_ms)
@@ -85,6 +86,7 @@ class Lifecycle:
         interval_ms = int(self.interval_of(spec) * 1000)
         with connection_errors("schedule task"):
             pipe = self.redis.pipeline(transaction=False)
+            self._drop_orphan_retry_marker(pipe, task_id)
             pipe.hset(self.intervals, str(task_id), interval_ms)
             pipe.zadd(self.schedule, {str(task_id): int(time.time() * 1000) + interval_ms})
             pipe.execute()
@@ -116,6 +118,13 @@ class Lifecycle:
             },
         )
         return spec is not None
+
+    def _drop_orphan_retry_marker(self, pipe: redis.Redis, task_id: int) -> None:
+        """A ``retry:`` marker whose retry no longer waits (stopped, or lost) would block the task's runs
+        until its TTL: starting the task clears it. A retry still parked keeps its marker."""
+        self.scripts.drop_orphan_marker(
+            keys=[self.marker(task_id), keys.delayed_set(self.stream)], args=[task_id], client=pipe
+        )
 
     def delete(self, task_id: int, who: str) -> bool:
         self.stop(task_id, who)
@@ -149,13 +158,21 @@ class Lifecycle:
 
     # -- run markers (worker side) ----------------------------------------------------------------------
 
-    def claim(self, task_id: int, entry_id: str, message_time: datetime, retry: int) -> ClaimResult:
+    def claim(self, task_id: int, entry_id: str, retry: int) -> ClaimResult:
         with connection_errors(f"claim run of task {task_id}"):
-            result = self.scripts.claim_run(
-                keys=[self.marker(task_id), self.last_success],
-                args=[entry_id, task_id, int(message_time.timestamp() * 1000), retry, self.marker_ttl_ms],
-            )
-        return text(result)  # type: ignore[return-value]
+            [verdict] = self.claim_batch([(task_id, entry_id, retry)])
+        return text(verdict)  # type: ignore[return-value]
+
+    def claim_batch(self, items: list[tuple[int, str, int]], pipe: redis.Redis | None = None) -> Any:
+        """Verdicts for (task id, entry id, retry) items, in one script call (queued on ``pipe`` if given).
+
+        A request's time is its entry id's (Redis' clock when it was added), so a producer's clock and a
+        message without a timestamp cannot make an execute look older than it is."""
+        keys_ = [self.last_success, *(self.marker(task_id) for task_id, _, _ in items)]
+        args: list[str | int] = [self.marker_ttl_ms]
+        for task_id, entry_id, retry in items:
+            args += [entry_id, task_id, entry_id.split("-", 1)[0], retry]
+        return self.scripts.claim_batch(keys=keys_, args=args, client=pipe)
 
     def release(
         self, task_id: int, entry_id: str, succeeded_at_ms: int | None, pipe: redis.Redis | None = None

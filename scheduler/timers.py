@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
+
 from scheduler.errors import QueueConnectionError
 from scheduler.taskqueue._redis import text
 
@@ -64,9 +66,10 @@ class TimerThread:
     def _run(self, job: Job, now: float) -> None:
         try:
             sooner = job.run()
-        except QueueConnectionError as exc:
+        except (QueueConnectionError, redis.ConnectionError, redis.TimeoutError) as exc:
             job.failures += 1
-            backoff = min(5.0, 0.2 * 2 ** min(job.failures, 5))
+            # never wait longer than the job's own period (a lease renewal must not lapse for a back-off)
+            backoff = min(5.0, job.period(), 0.2 * 2 ** min(job.failures, 5))
             if job.failures == 1 or job.failures % 20 == 0:
                 log.warning("%s: %s (retrying in %.1fs)", job.name, exc, backoff, extra={"job": job.name})
             job.due = now + backoff
@@ -74,7 +77,7 @@ class TimerThread:
         except Exception:
             job.failures += 1
             log.exception("%s failed", job.name, extra={"job": job.name})
-            job.due = now + min(30.0, 1.0 * job.failures)
+            job.due = now + min(30.0, job.period(), 1.0 * job.failures)
             return
         if job.failures:
             log.info("%s recovered after %d failures", job.name, job.failures, extra={"job": job.name})

@@ -1,7 +1,10 @@
-"""One task message, start to end: spec → FetchRequest → crawl → outcome recorded → entry ended.
+"""One task message on a worker thread: spec → FetchRequest → crawl → outcome.
 
-Runs on a worker thread. Every path ends the entry exactly once, or leaves it pending on purpose
-(shutdown, Redis unreachable) so that this consumer's restart or another consumer's reclaim takes it up.
+The read loop has already classified the message (skips and duplicates never get here) and holds its
+task's run marker. A success is handed to the OutcomeWriter, which records it with others in one script
+call; a failure is ended here (requeue or dead letter, each a guarded script). Every path ends the entry
+exactly once, or leaves it pending on purpose (shutdown, lease lost, Redis unreachable) so that this
+consumer's restart or another consumer's reclaim takes it up.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from functools import partial
 from typing import Any
 
 import redis
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from scheduler._proto import crawler_pb2
 from scheduler.breaker import CircuitBreaker
@@ -45,6 +54,7 @@ SORTS = {
 }
 ORDERS = {"desc": crawler_pb2.SORT_ORDER_DESC, "asc": crawler_pb2.SORT_ORDER_ASC}
 PLATFORM_NAMES = {value: name for name, value in PLATFORMS.items()}
+HANDED = "handed"  # a success now belongs to the OutcomeWriter, which ends the entry
 
 
 def build_request(spec: TaskSpec) -> crawler_pb2.FetchRequest:
@@ -68,80 +78,82 @@ def retry_delay(retry: int, base_s: float, max_s: float) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def entry_time(entry_id: str) -> float:
+    """When Redis added the entry (the id's milliseconds), in seconds."""
+    return int(entry_id.split("-", 1)[0]) / 1000
+
+
 @dataclass
 class Running:
     """A message a worker holds: its lease is renewed while it is here."""
 
     msg: StreamMessage
+    probe: bool = False  # sent while the crawler's circuit was half-open
     token: CancelToken = field(default_factory=CancelToken)
     started: float = field(default_factory=time.monotonic)
-    cancel_reason: str | None = None  # "stopped" (task stopped: ack) or "shutdown" (leave pending)
+    cancel_reason: str | None = None  # "stopped" (ack), "shutdown" or "lost" (leave it pending)
     crawl_started_ms: int = 0
-    probe: bool = False  # sent while the crawler's circuit was half-open
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A successful crawl waiting to be recorded by the OutcomeWriter."""
+
+    running: Running
+    status: str  # "success" or "no_items"
+    total_found: int
+    items_json: str
+    source_ids: list[str]
+    crawled_at: str
+    duration_s: float
+    calls: int
 
 
 class TaskRunner:
     def __init__(
         self,
         settings: Settings,
-        client: redis.Redis,
         consumer: Consumer,
         crawler: CrawlerClient,
         breaker: CircuitBreaker,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        *,
+        record: Callable[[Done], None],
         on_stop: Callable[[int, str], None],
+        give_up: threading.Event,
     ) -> None:
         self.settings = settings
-        self.redis = client
         self.consumer = consumer
+        self.redis = consumer.redis
         self.crawler = crawler
         self.breaker = breaker
         self.metrics = metrics
         self.lifecycle = lifecycle
+        self.record = record
         self.on_stop = on_stop
-        self.scripts = consumer.scripts
-        self.results = keys.results_stream(settings.task_queue_stream)
-        # Outcome writes survive a Redis blip for up to a lease; past that the entry stays pending.
+        # Writes survive a Redis blip for up to a lease, never past the shutdown deadline; after that the
+        # entry stays pending for a restart or a reclaim.
         self._persist = Retrying(
             retry=retry_if_exception_type(QueueConnectionError),
             wait=wait_exponential(multiplier=0.1, max=2.0),
-            stop=stop_after_delay(settings.lease_timeout),
+            stop=stop_after_delay(settings.lease_timeout) | stop_when_event_set(give_up),
             reraise=True,
         )
 
     def run(self, running: Running, spec: TaskSpec | None) -> str:
-        """Handle one message; returns the outcome label (for metrics and tests)."""
+        """Handle one message; returns the outcome label, or HANDED for a success being recorded."""
         msg = running.msg
         task = msg.message
-        # from the entry's own id (Redis' clock when it was added): a retry's or a replayed dead letter's
-        # wait starts at its re-add, and a producer's skewed clock does not count
-        wait = time.time() - int(msg.id.split("-", 1)[0]) / 1000
+        wait = time.time() - entry_time(msg.id)  # a retry's wait starts at its re-add; no producer clock
         if 0 <= wait < 86400:
             self.metrics.queue_wait.observe(wait)
         if task.action == "stop":
             self.on_stop(task.task_id, f"stop message {msg.id} (source {task.source})")
             return self._end(msg, "stop")
-        if (
-            spec is not None
-            and spec.status == "stopped"
-            and self._restarts(task.source, task.timestamp, spec)
-        ):
-            spec = spec.with_status("running") if self.lifecycle.resume(task.task_id) else None
-        if spec is None or spec.status == "stopped":
-            reason = "unknown task" if spec is None else "task stopped"
-            log.info("task skipped: %s", reason, extra=self._extra(msg, code="SKIPPED"))
-            self._write(lambda: self.lifecycle.release(task.task_id, msg.id, None), msg)
-            return self._end(msg, "skipped")
-        claim = self._write(
-            lambda: self.lifecycle.claim(task.task_id, msg.id, task.timestamp, task.retry), msg
-        )
-        if claim is None:
-            return "interrupted"  # Redis is gone: leave the entry pending
-        if claim != "run":
-            self.metrics.duplicates.inc()
-            log.info("duplicate execute collapsed (%s)", claim, extra=self._extra(msg, code="DUPLICATE"))
-            return self._end(msg, "duplicate")
+        assert spec is not None  # the read loop passes only runnable executes
+        if spec.status == "stopped" and not self.lifecycle.resume(task.task_id):
+            return self._end(msg, "skipped")  # deleted meanwhile
         started = time.monotonic()
         running.crawl_started_ms = int(time.time() * 1000)
         try:
@@ -149,63 +161,43 @@ class TaskRunner:
         except CrawlCancelledError:
             return self._cancelled(running)
         except CrawlerError as exc:
-            label, code, calls = self._failed(running, exc), exc.code, None
-        else:
-            self.breaker.record_success()
-            label, code, calls = self._succeeded(running, outcome), outcome.code, outcome.attempts
-        seconds = time.monotonic() - started
-        self.metrics.processing_duration.observe(seconds)
-        extra = self._extra(msg, duration_ms=round(seconds * 1000, 1), outcome=label, code=code, calls=calls)
-        log.log(logging.WARNING if label == "dead_lettered" else logging.INFO, "task %s", label, extra=extra)
-        return label
+            label = self._failed(running, exc)
+            seconds = time.monotonic() - started
+            self.metrics.processing_duration.observe(seconds)
+            extra = self.extra(msg, duration_ms=round(seconds * 1000, 1), outcome=label, code=exc.code)
+            log.log(
+                logging.WARNING if label == "dead_lettered" else logging.INFO, "task %s", label, extra=extra
+            )
+            return label
+        self.breaker.record_success()
+        self.record(self._done(running, outcome, time.monotonic() - started))
+        return HANDED
 
-    # -- outcomes -------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _restarts(source: str, created: datetime, spec: TaskSpec) -> bool:
-        """A user's execute made after the task was stopped starts it again (a re-enabled task)."""
-        return source == "user_create" and created.timestamp() > spec.updated_at
-
-    def _succeeded(self, running: Running, outcome: FetchOutcome) -> str:
-        msg = running.msg
-        status = "no_items" if outcome.no_items else "success"
-        task_id = msg.message.task_id
+    def _done(self, running: Running, outcome: FetchOutcome, seconds: float) -> Done:
         items = [_item_dict(item) for item in outcome.response.items]
-        s = self.settings
+        return Done(
+            running=running,
+            status="no_items" if outcome.no_items else "success",
+            total_found=outcome.response.total_found,
+            items_json=json.dumps(items, ensure_ascii=False),
+            source_ids=[str(item["source_id"]) for item in items],
+            crawled_at=format_timestamp(datetime.now(UTC)),
+            duration_s=seconds,
+            calls=outcome.attempts,
+        )
 
-        def record() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            self.scripts.record_results(
-                keys=[keys.seen_items_key(s.task_queue_stream, task_id), self.results],
-                args=[
-                    task_id, msg.id, outcome.response.total_found, status, int(s.seen_ttl), s.results_maxlen,
-                    format_timestamp(datetime.now(UTC)), json.dumps(items, ensure_ascii=False),
-                    *(str(item["source_id"]) for item in items),
-                ],
-                client=pipe,
-            )  # fmt: skip
-            pipe.set(keys.crawl_status_key(task_id), status, ex=keys.STATUS_TTL_SECONDS)
-            if status == "no_items":
-                pipe.set(keys.crawl_message_key(task_id), "no_items", ex=keys.STATUS_TTL_SECONDS)
-            else:
-                pipe.delete(keys.crawl_message_key(task_id))
-            self.lifecycle.release(task_id, msg.id, running.crawl_started_ms, pipe)
-            pipe.xack(self.consumer.stream, self.consumer.group, msg.id)
-            self._guarded(pipe.execute)
-
-        self._write(record, msg)
-        self.metrics.tasks_processed.labels(status).inc()
-        return status
+    # -- failures ------------------------------------------------------------------------------------------
 
     def _failed(self, running: Running, exc: CrawlerError) -> str:
         msg = running.msg
         task = msg.message
-        error_text = f"{exc.code}: {exc.detail}"[:1000]
         if exc.transient:
             self.breaker.record_failure()
-        self._write(lambda: self._set_failed(task.task_id, error_text), msg)
+        else:
+            self.breaker.record_success()  # the crawler answered: it is up, the request is bad
         # A failed half-open probe says the crawler is still down, nothing about the task: no retry spent.
         counts = not (running.probe and exc.transient)
+        error_text = f"{exc.code}: {exc.detail}"[:1000]
         if exc.transient and (task.retry < self.settings.max_retry or not counts):
             s = self.settings
             delay = retry_delay(task.retry + 1, s.retry_backoff_base, s.retry_backoff_max) if counts else 0.0
@@ -217,32 +209,40 @@ class TaskRunner:
                 marker_ttl_ms=self.lifecycle.marker_ttl_ms,
                 count_retry=counts,
             )
-            if self._write(requeue, msg) and counts:
+            ended, label = self._write(requeue, msg), "requeued"
+            if ended and counts:
                 self.metrics.retries.inc()
-            self.metrics.tasks_processed.labels("requeued").inc()
-            return "requeued"
-        kind = "max_retry" if exc.transient else "permanent"
-        reason = f"{kind}: {error_text}"
-        self._write(lambda: self.consumer.dead_letter(msg, reason), msg)  # counted by on_dead_letter
-        self._write(lambda: self.lifecycle.release(task.task_id, msg.id, None), msg)
-        self.metrics.tasks_processed.labels("dead_lettered").inc()
-        return "dead_lettered"
+        else:
+            reason = f"{'max_retry' if exc.transient else 'permanent'}: {error_text}"
+            ended, label = self._write(lambda: self.consumer.dead_letter(msg, reason), msg), "dead_lettered"
+        if not ended:
+            return self._not_held(msg, label)
+        # the status keys only after the entry was ended by us: a zombie must not overwrite a success
+        self._write(lambda: self._set_failed(task.task_id, msg.id, error_text, label), msg)
+        self.metrics.tasks_processed.labels(label).inc()
+        return label
 
-    def _cancelled(self, running: Running) -> str:
-        if running.cancel_reason == "stopped":
-            msg = running.msg
-            log.info("crawl cancelled: task stopped", extra=self._extra(msg, code="CANCELLED"))
-            self._write(lambda: self.lifecycle.release(msg.message.task_id, msg.id, None), msg)
-            return self._end(msg, "cancelled")
-        # shutdown: leave it pending for this consumer's restart or another consumer's reclaim
-        log.info("crawl interrupted by shutdown; left pending", extra=self._extra(running.msg))
-        return "interrupted"
-
-    def _set_failed(self, task_id: int, error_text: str) -> None:
+    def _set_failed(self, task_id: int, entry_id: str, error_text: str, label: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(keys.crawl_status_key(task_id), "failed", ex=keys.STATUS_TTL_SECONDS)
         pipe.set(keys.crawl_message_key(task_id), error_text, ex=keys.STATUS_TTL_SECONDS)
-        self._guarded(pipe.execute)
+        if label == "dead_lettered":
+            self.lifecycle.release(task_id, entry_id, None, pipe)
+        _guarded(pipe.execute)
+
+    def _not_held(self, msg: StreamMessage, label: str) -> str:
+        log.warning("entry no longer held by this consumer: %s outcome dropped", label, extra=self.extra(msg))
+        return "not_held"
+
+    def _cancelled(self, running: Running) -> str:
+        msg = running.msg
+        if running.cancel_reason == "stopped":
+            log.info("crawl cancelled: task stopped", extra=self.extra(msg, code="CANCELLED"))
+            self._write(lambda: self.lifecycle.release(msg.message.task_id, msg.id, None), msg)
+            return self._end(msg, "cancelled")
+        # shutdown or lease lost: leave it pending for a restart of this consumer or another's reclaim
+        log.info("crawl interrupted (%s); entry left pending", running.cancel_reason, extra=self.extra(msg))
+        return "interrupted"
 
     def _end(self, msg: StreamMessage, label: str) -> str:
         self._write(lambda: self.consumer.ack(msg.id), msg)
@@ -256,17 +256,13 @@ class TaskRunner:
             return self._persist(action)
         except QueueConnectionError as exc:
             self.metrics.redis_errors.labels("outcome").inc()
-            log.error("outcome not recorded, entry left pending: %s", exc, extra=self._extra(msg))
-            return None
+            log.error("outcome not recorded, entry left pending: %s", exc, extra=self.extra(msg))
+        except redis.ResponseError as exc:  # OOM, READONLY...: the guarded scripts wrote nothing
+            self.metrics.redis_errors.labels("outcome").inc()
+            log.error("Redis refused the outcome, entry left pending: %s", exc, extra=self.extra(msg))
+        return None
 
-    @staticmethod
-    def _guarded(call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueConnectionError(f"Redis unavailable ({type(exc).__name__}: {exc})") from exc
-
-    def _extra(self, msg: StreamMessage, **more: object) -> dict[str, object]:
+    def extra(self, msg: StreamMessage, **more: object) -> dict[str, object]:
         return {
             "task_id": msg.message.task_id,
             "entry_id": msg.id,
@@ -274,6 +270,13 @@ class TaskRunner:
             "consumer": self.consumer.name,
             **more,
         }
+
+
+def _guarded(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueConnectionError(f"Redis unavailable ({type(exc).__name__}: {exc})") from exc
 
 
 def _item_dict(item: crawler_pb2.Item) -> dict[str, object]:
@@ -290,7 +293,10 @@ def _item_dict(item: crawler_pb2.Item) -> dict[str, object]:
 
 
 class Slots:
-    """Counts busy workers; the read loop waits here so it never holds more messages than free workers."""
+    """Counts busy workers; the read loop waits here so it never holds more messages than free workers.
+
+    A slot stays taken until the entry is ended (a success: until the OutcomeWriter recorded it), so the
+    count is also the number of entries whose leases this daemon renews."""
 
     def __init__(self, size: int) -> None:
         self.size = size

@@ -4,6 +4,7 @@ import sys
 import threading
 import time
 
+import pytest
 import redis
 
 from scheduler.taskqueue import Consumer, Producer, StreamMessage
@@ -60,7 +61,7 @@ POISON: list[dict[str, bytes]] = [
 
 def test_each_poison_kind_dead_lettered_once_and_reading_goes_on(r: redis.Redis) -> None:
     dead: list[str] = []
-    c = consumer(r, on_dead_letter=lambda entry_id, reason: dead.append(entry_id))
+    c = consumer(r, on_dead_letter=lambda entry_id, reason, payload: dead.append(entry_id))
     poison_ids = [r.xadd(S, fields).decode() for fields in POISON]  # type: ignore[arg-type]
     good_id = r.xadd(S, {"data": GO_ENTRY}).decode()
     got: list[StreamMessage] = []
@@ -291,3 +292,29 @@ def test_group_recreated_after_flush(r: redis.Redis) -> None:
     Producer(r).submit_task(2)  # stream recreated without the group
     got = c.read(1, block_ms=50)  # the group is recreated at id 0, so nothing written since is missed
     assert [m.message.task_id for m in got] == [2]
+
+
+def test_refused_writes_leave_the_entry_pending_never_acked(any_r: redis.Redis) -> None:
+    """Out of memory: Redis refuses the script at its first write, which comes before the XACK."""
+    Producer(any_r).submit_many([1, 2])
+    c = consumer(any_r)
+    first, second = c.read(2, block_ms=100)
+    any_r.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.ResponseError, match=r"OOM|maxmemory"):
+            c.requeue(first, 0.5)
+        with pytest.raises(redis.ResponseError, match=r"OOM|maxmemory"):
+            c.dead_letter(second, "permanent: INVALID_ARGUMENT")
+    finally:
+        any_r.config_set("maxmemory", 0)
+    assert c.pending_summary().count == 2
+    assert any_r.zcard(f"{S}:delayed") == 0 and dlq(any_r) == []
+    assert c.requeue(first, 0.5) and c.dead_letter(second, "permanent: INVALID_ARGUMENT")
+
+
+def test_max_deliveries_dead_letter_carries_retry_incremented(r: redis.Redis) -> None:
+    Producer(r).submit_task(3)
+    consumer(r, "crashy").read(1, block_ms=100)
+    consumer(r, "crashy", max_deliveries=1).read(1, block_ms=10)
+    [letter] = dlq(r)
+    assert letter["reason"].startswith("max_deliveries") and json.loads(letter["payload"])["retry"] == 1

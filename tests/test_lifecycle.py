@@ -1,7 +1,6 @@
 import json
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -91,15 +90,17 @@ def test_a_run_still_held_is_skipped_not_stacked(life: Lifecycle, r: redis.Redis
 
 
 def test_claim_collapses_duplicates_and_satisfied_requests(life: Lifecycle, r: redis.Redis) -> None:
-    made = datetime.now(UTC)
-    assert life.claim(9, "1-1", made, 0) == "run"
-    assert life.claim(9, "1-1", made, 0) == "run"  # a redelivery of the holder itself
-    assert life.claim(9, "1-2", made, 0) == "duplicate"
-    life.release(9, "1-1", int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    first, second, third = f"{now_ms}-0", f"{now_ms}-1", f"{now_ms}-2"  # entry ids carry their add time
+    assert life.claim(9, first, 0) == "run"
+    assert life.claim(9, first, 0) == "run"  # a redelivery of the holder itself
+    assert life.claim(9, second, 0) == "duplicate"
+    life.release(9, first, now_ms + 5)
     assert r.get(life.marker(9)) is None
-    assert life.claim(9, "1-3", made, 0) == "satisfied"  # made before the successful crawl started
-    later = datetime.now(UTC) + timedelta(seconds=1)
-    assert life.claim(9, "1-4", later, 0) == "run"
+    assert life.claim(9, third, 0) == "satisfied"  # added before the successful crawl started
+    assert life.claim(9, f"{now_ms + 10}-0", 0) == "run"
+    batch = life.claim_batch([(10, f"{now_ms}-7", 0), (10, f"{now_ms}-8", 0), (11, f"{now_ms}-9", 0)])
+    assert [v.decode() for v in batch] == ["run", "duplicate", "run"]  # one run per task per batch
 
 
 def test_requeue_hands_the_run_to_the_retry(settings: Settings, life: Lifecycle, r: redis.Redis) -> None:
@@ -108,15 +109,33 @@ def test_requeue_hands_the_run_to_the_retry(settings: Settings, life: Lifecycle,
     RedisTaskRegistry(r).put(TaskSpec(4, "x"))
     life.register([TaskSpec(4, "x")])
     [msg] = consumer.read(1, block_ms=100)
-    assert life.claim(4, msg.id, msg.message.timestamp, 0) == "run"
+    assert life.claim(4, msg.id, 0) == "run"
     assert consumer.requeue(msg, 0.05, marker=life.marker(4), marker_ttl_ms=life.marker_ttl_ms)
     assert r.get(life.marker(4)) == f"retry:{msg.id}".encode()
-    assert life.claim(4, "9-9", datetime.now(UTC), 0) == "duplicate"  # a fresh execute waits for it
+    assert life.claim(4, f"{int(time.time() * 1000)}-9", 0) == "duplicate"  # a fresh execute waits for it
+    assert life.resume(4)  # starting the task again keeps a retry that still waits
+    assert r.get(life.marker(4)) == f"retry:{msg.id}".encode()
     time.sleep(0.06)
     consumer.move_due()
     [retry] = consumer.read(1, block_ms=100)
     assert retry.message.retry == 1
-    assert life.claim(4, retry.id, retry.message.timestamp, 1) == "run"
+    assert life.claim(4, retry.id, 1) == "run"
+
+
+def test_a_stop_racing_a_requeue_leaves_no_marker_behind(
+    settings: Settings, life: Lifecycle, r: redis.Redis
+) -> None:
+    consumer = Consumer(r, None, S, settings.task_queue_group, "c")
+    consumer.ensure_group()
+    life.register([TaskSpec(12, "x")])
+    [msg] = consumer.read(1, block_ms=100)
+    assert life.claim(12, msg.id, 0) == "run"
+    life.stop(12, who="test")  # lands between the failed crawl and its requeue
+    assert consumer.requeue(msg, 30, marker=life.marker(12), marker_ttl_ms=life.marker_ttl_ms)
+    assert r.get(life.marker(12)) is None  # not handed to the retry: the stop deleted it
+    r.set(life.marker(12), "retry:1-1")  # a marker left by an older version, or a lost retry
+    life.register([TaskSpec(12, "x")])
+    assert r.get(life.marker(12)) is None  # starting the task clears it
 
 
 def test_stop_unschedules_drops_parked_retries_and_tells_every_daemon(

@@ -1,7 +1,8 @@
 """Consumer: reads the task stream through a consumer group, and ends entries (ack, requeue, dead-letter).
 
-Every path that ends an entry other than a plain ack is one Lua script guarded by "this XACK removed it",
-so two workers racing to end the same entry produce exactly one outcome.
+Every path that ends an entry other than a plain ack is one Lua script that acts only while this consumer
+still holds the entry, writes its outcome, and acknowledges last: two workers racing to end the same entry
+produce exactly one outcome, and a refused write leaves the entry pending rather than acknowledged.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Consumer:
         max_entry_bytes: int = keys.DEFAULT_MAX_ENTRY_BYTES,
         dlq_maxlen: int = keys.DEFAULT_DLQ_MAXLEN,
         max_deliveries: int | None = None,
-        on_dead_letter: Callable[[str, str], None] | None = None,
+        on_dead_letter: Callable[[str, str, bytes | str], None] | None = None,
     ) -> None:
         self.redis = bytes_client(redis_client)
         self.log = logger or log
@@ -148,9 +149,8 @@ class Consumer:
                 self.dead_letter(entry_id, "payload_lost: entry was trimmed or deleted", b"")
                 continue
             if entry_id in over_cap:
-                self.dead_letter(
-                    entry_id, f"max_deliveries: delivered more than {self.max_deliveries} times", data
-                )
+                reason = f"max_deliveries: delivered more than {self.max_deliveries} times"
+                self.dead_letter(entry_id, reason, self._retried(data))
                 continue
             try:
                 message = decode(data, self.max_entry_bytes)
@@ -199,7 +199,7 @@ class Consumer:
         keys_ = [self.stream, self.delayed] + ([marker] if marker else [])
         with connection_errors(f"requeue {msg.id}"):
             result = self.scripts.run(
-                "requeue", keys_, [self.group, msg.id, payload, delay_ms, marker_ttl_ms]
+                "requeue", keys_, [self.group, msg.id, payload, delay_ms, marker_ttl_ms, self.name]
             )
         return bool(result)
 
@@ -219,16 +219,23 @@ class Consumer:
 
     def _dead_letter(self, entry_id: str, reason: str, body: bytes | str, *, ack: bool) -> bool:
         failed_at = format_timestamp(datetime.now(UTC))
-        args: list[Any] = [self.group, entry_id, body, reason[:500], failed_at, self.dlq_maxlen]
-        if not ack:
-            args.append("noack")
+        held_by = self.name if ack else ""  # "": already out of the pending list, nothing to check or ack
+        args: list[Any] = [self.group, entry_id, body, reason[:500], failed_at, self.dlq_maxlen, held_by]
         with connection_errors(f"dead-letter {entry_id}"):
             done = bool(self.scripts.run("dead_letter", [self.stream, self.dlq], args))
         if done:
             self.log.warning("entry dead-lettered", extra={"entry_id": entry_id, "reason": reason[:200]})
             if self.on_dead_letter:
-                self.on_dead_letter(entry_id, reason)
+                self.on_dead_letter(entry_id, reason, body)
         return done
+
+    def _retried(self, data: bytes | None) -> bytes | str:
+        """A dead letter's payload is the task JSON with retry incremented, when the data is a message."""
+        try:
+            message = decode(data, self.max_entry_bytes)
+        except InvalidMessageError:
+            return (data or b"")[: self.max_entry_bytes]
+        return message.with_retry(message.retry + 1).encode()
 
     # -- leases and recovery ----------------------------------------------------------------------------
 
@@ -263,7 +270,9 @@ class Consumer:
             entry_id = text(raw_id)
             if self.max_deliveries and flat and int(deliveries) > self.max_deliveries:
                 data = dict(zip(flat[::2], flat[1::2], strict=True)).get(keys.DATA_FIELD.encode())
-                self.dead_letter(entry_id, f"max_deliveries: delivered {deliveries} times", data)
+                self.dead_letter(
+                    entry_id, f"max_deliveries: delivered {deliveries} times", self._retried(data)
+                )
                 continue
             fresh.append((raw_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}))
         if fresh:

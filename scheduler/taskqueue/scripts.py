@@ -18,11 +18,12 @@ NAMES = (
     "reclaim",
     "trim",
     "reap_consumers",
-    "record_results",
     "publish_due",
-    "claim_run",
+    "claim_batch",
+    "complete_batch",
     "release_run",
     "stop_task",
+    "drop_orphan_marker",
     "dlq_replay",
 )
 

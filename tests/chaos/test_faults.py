@@ -104,3 +104,24 @@ def test_redis_killed_and_restarted_every_acknowledged_submission_is_crawled(
     assert any("Redis" in m for m in messages)
     assert daemon.stop() == 0
     client.close()
+
+
+def test_shutdown_stays_within_the_grace_period_when_redis_is_gone(
+    redis_factory: Callable[..., RedisServer],
+    crawler_process: Callable[..., object],
+    daemons: Callable[..., object],
+) -> None:
+    server = redis_factory(appendonly=True)
+    crawler = crawler_process("--delay-ms", "1500")
+    daemon = daemons(
+        crawler.address, redis_url=server.url, APP_SHUTDOWN_GRACE="3s", APP_LEASE_TIMEOUT="10s"
+    ).start("d1", workers=2)  # type: ignore[attr-defined]
+    register(server.client(), [TaskSpec(1, "a"), TaskSpec(2, "b")])
+    wait_until(
+        lambda: int(server.client().xpending("goodshunter:task:queue", "scheduler_group")["pending"]) == 2, 5
+    )
+    server.kill()  # the crawls finish but their outcomes cannot be written
+    began = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.process.wait(15) == 0
+    assert time.monotonic() - began < 3 + 4  # grace, plus the cancel and close steps

@@ -142,3 +142,41 @@ def test_sigterm_finishes_in_flight_crawls_and_leaves_nothing_pending(
     assert pending_count(r) == 0  # nothing left pending by that daemon
     messages = [line.get("msg", "") for line in daemon.logs()]
     assert any("draining" in str(m) for m in messages) and "daemon stopped" in messages
+
+
+def test_a_restart_after_the_lease_ran_out_runs_its_own_entries_once(
+    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+) -> None:
+    calls_log = tmp_path / "calls.jsonl"
+    crawler = crawler_process("--calls-log", str(calls_log))
+    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")  # type: ignore[attr-defined]
+    first = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    register(r, [TaskSpec(task_id, f"slow {task_id};delay=1500") for task_id in range(1, 5)])
+    wait_until(lambda: pending_count(r) == 4, 5, what="four crawls in flight")
+    first.kill()
+    time.sleep(1.5)  # longer than the lease: the entries are idle and still pending for d1
+    second = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    wait_until(lambda: set(statuses(r, range(1, 5)).values()) == {"success"}, 15)
+    time.sleep(0.5)
+    ok = Counter(int(c["task_id"]) for c in read_calls(calls_log) if c["code"] == "OK")
+    assert ok == Counter(range(1, 5))  # resumed once each, not also through reclaim
+    assert sorted(int(e["task_id"]) for e in results(r)) == [1, 2, 3, 4]
+    assert second.stop() == 0
+
+
+def test_leases_are_renewed_while_draining(
+    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+) -> None:
+    calls_log = tmp_path / "calls.jsonl"
+    crawler = crawler_process("--calls-log", str(calls_log))
+    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")  # type: ignore[attr-defined]
+    draining = group.start("d1", workers=2)  # type: ignore[attr-defined]
+    register(r, [TaskSpec(1, "long;delay=3500")])
+    wait_until(lambda: pending_count(r) == 1, 5)
+    draining.signal(signal.SIGTERM)
+    other = group.start("d2", workers=2)  # type: ignore[attr-defined]
+    assert draining.process.wait(15) == 0
+    wait_until(lambda: statuses(r, [1])[1] == "success", 5)
+    assert [c["code"] for c in read_calls(calls_log)] == ["OK"]  # not reclaimed mid-drain
+    assert not [line for line in other.logs() if "reclaimed" in str(line.get("msg"))]
+    assert other.stop() == 0

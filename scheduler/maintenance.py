@@ -1,0 +1,133 @@
+"""The maintenance jobs every daemon runs on one timer thread, all safe with any number of daemons:
+delayed-retry mover, periodic publisher, heartbeat, queue gauges, crawler health, trimming, reaping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import redis
+
+from scheduler.breaker import CircuitBreaker
+from scheduler.config import Settings
+from scheduler.crawler import CrawlerClient
+from scheduler.errors import QueueConnectionError
+from scheduler.lifecycle import Lifecycle
+from scheduler.metrics import Metrics
+from scheduler.taskqueue import Consumer, keys
+from scheduler.taskqueue._redis import text
+from scheduler.timers import Job, heartbeat_payload
+
+log = logging.getLogger(__name__)
+
+REAP_IDLE_MS = 3_600_000  # a consumer idle for an hour that owns nothing is gone for good
+
+
+class Maintenance:
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Consumer,
+        lifecycle: Lifecycle,
+        crawler: CrawlerClient,
+        breaker: CircuitBreaker,
+        metrics: Metrics,
+        busy: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.redis = consumer.redis
+        self.lifecycle = lifecycle
+        self.crawler = crawler
+        self.breaker = breaker
+        self.metrics = metrics
+        self.busy = busy
+        self.heartbeat_key = keys.heartbeat_key(
+            settings.task_queue_stream, settings.task_queue_group, settings.consumer_name
+        )
+
+    def jobs(self) -> list[Job]:
+        s = self.settings
+        return [
+            Job("delayed-retry mover", lambda: 1.0, self.move_due),
+            Job("periodic publisher", lambda: 1.0, self.publish_due),
+            Job("heartbeat", lambda: s.heartbeat_interval, self.heartbeat),
+            Job("queue gauges", lambda: 5.0, self.refresh_gauges),
+            Job("crawler health", lambda: min(5.0, s.breaker_open_duration), self.check_crawler),
+            Job("trim", lambda: s.trim_interval, self.trim),
+            Job("consumer reaper", lambda: 600.0, self.reap),
+        ]
+
+    def move_due(self) -> float | None:
+        moved, next_in = self.consumer.move_due()
+        if moved:
+            log.debug("moved %d due retries into the stream", moved)
+        return next_in
+
+    def publish_due(self) -> float | None:
+        published, skipped, next_in = self.lifecycle.publish_due()
+        if published:
+            self.metrics.periodic_published.inc(published)
+        if skipped:
+            self.metrics.periodic_skipped.inc(skipped)
+            log.info("%d periodic runs skipped: previous run still queued, retrying or running", skipped)
+        return next_in
+
+    def heartbeat(self) -> None:
+        s = self.settings
+        payload = heartbeat_payload(s.consumer_name, self.busy(), s.worker_pool_size, self.breaker.state)
+        try:
+            self.redis.set(self.heartbeat_key, payload, ex=max(1, int(s.heartbeat_interval * 3)))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise QueueConnectionError(f"heartbeat: {exc}") from exc
+
+    def refresh_gauges(self) -> None:
+        s = self.settings
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xlen(s.task_queue_stream)
+            pipe.xinfo_groups(s.task_queue_stream)
+            pipe.zcard(keys.delayed_set(s.task_queue_stream))
+            pipe.xlen(keys.dlq_stream(s.task_queue_stream))
+            length, groups, delayed, dlq = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise QueueConnectionError(f"queue gauges: {exc}") from exc
+        m = self.metrics
+        for gauge, value in ((m.queue_length, length), (m.delayed_retries, delayed), (m.dlq_length, dlq)):
+            if isinstance(value, int):
+                gauge.set(value)
+        group = next(
+            (g for g in groups if text(g.get("name", b"")) == s.task_queue_group),
+            None,
+        ) if isinstance(groups, list) else None  # fmt: skip
+        if group is None:  # no group (yet, or any more): nothing pending, all of the stream waiting
+            m.queue_pending.set(0)
+            if isinstance(length, int):
+                m.queue_lag.set(length)
+            return
+        m.queue_pending.set(int(group.get("pending") or 0))
+        if group.get("lag") is not None:
+            m.queue_lag.set(int(group["lag"]))
+
+    def check_crawler(self) -> None:
+        """A crawler that says NOT_SERVING opens the circuit before tasks spend retries finding out.
+        No health service (the original crawler) or no answer says nothing here: calls will tell."""
+        if self.breaker.state == "closed" and self.crawler.health_status(timeout_s=2.0) == "NOT_SERVING":
+            log.warning("crawler health check says NOT_SERVING: opening the circuit")
+            self.breaker.force_open()
+
+    def trim(self) -> None:
+        removed = self.consumer.trim(self.settings.stream_maxlen)
+        if removed:
+            log.info("trimmed %d acknowledged entries", removed)
+
+    def reap(self) -> None:
+        removed = self.consumer.reap_consumers(min_idle_ms=REAP_IDLE_MS)
+        if removed:
+            log.info("removed idle consumers that owned nothing: %s", ", ".join(removed))
+
+    def clear_heartbeat(self) -> None:
+        try:
+            self.redis.delete(self.heartbeat_key)
+        except redis.RedisError:
+            pass
