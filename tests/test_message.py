@@ -105,6 +105,8 @@ def test_new_rejects_bad_task_ids(task_id: object) -> None:
         (b'{"task_id":1,"action":"execute","timestamp":12}', "bad_timestamp"),
         (b'{"task_id":1,"action":"execute","timestamp":"yesterday"}', "bad_timestamp"),
         (b'{"task_id":1,"action":"execute","source":"\\ud800"}', "bad_source"),
+        (b'{"task_id":1,"action":"execute","source":0}', "bad_source"),
+        (b'{"task_id":1,"action":"execute","source":[]}', "bad_source"),
         (b"", "bad_json"),
     ],
 )

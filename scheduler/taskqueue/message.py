@@ -197,7 +197,9 @@ def decode(raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_ENTRY_BYTES) ->
         shown = action[:32] if isinstance(action, str) else type(action).__name__
         raise InvalidMessageError("bad_action", f"action must be 'execute' or 'stop', got {shown!r}")
     retry = _int_field(obj, "retry", 0, RETRY_MAX) if obj.get("retry") is not None else 0
-    source = obj.get("source") or "unknown"
+    source = obj.get("source")
+    if source is None or source == "":
+        source = "unknown"  # Go writes an empty source as "unknown"
     if not isinstance(source, str) or len(source) > MAX_SOURCE_LEN or not _is_utf8(source):
         raise InvalidMessageError("bad_source", "source must be a short UTF-8 string")
     stamp = obj.get("timestamp")
