@@ -29,8 +29,9 @@ def environment(repo: Path) -> list[str]:
         except metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
     server = _run(["redis-server", "--version"]).split(" sha=")[0]
-    commit = _run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    dirty = " (+ uncommitted changes)" if _run(["git", "-C", str(repo), "status", "--porcelain"]) else ""
+    commit = _run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"]) or "? (not a git checkout)"
+    status = _run(["git", "-C", str(repo), "status", "--porcelain", "--", "scheduler", "crawler_stub"])
+    dirty = " (+ uncommitted changes to scheduler/ or crawler_stub/)" if status else ""
     return [
         f"machine: {_cpus()} CPUs ({cpu}), {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, {server}",
