@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=20 if args.quick else 50,
         items=args.items,
         startup_timeout=30.0,
-        throughput_timeout=8.0 if args.quick else 20.0,
+        throughput_timeout=6.0 if args.quick else 20.0,
         keep_logs=args.keep_logs,
     )
     started = time.monotonic()

@@ -131,8 +131,9 @@ class Proc:
             return ""
         return "\n".join(text[-lines:])
 
-    def stop(self, grace: float = 3.0) -> None:
-        """SIGTERM to the group, SIGKILL to what is left after ``grace`` seconds."""
+    def stop(self, grace: float = 1.0) -> None:
+        """SIGTERM to the group, SIGKILL to what is left after ``grace`` seconds (nothing here needs a
+        graceful shutdown: every stage is thrown away)."""
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             if self.popen.poll() is not None and not _group_alive(self.pid):
                 return
