@@ -12,17 +12,22 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from benchmarks import report
+from benchmarks import rounds as rounds_
 from benchmarks.queues import DEFAULT, QUEUES, QUICK
-from benchmarks.runner import REPO, Options, Result, run_baseline, run_queue
+from benchmarks.runner import REPO, Baseline, Options, Result, run_baseline, run_queue
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, help="tasks per throughput phase (default 4000, --quick 300)")
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        help="tasks per throughput phase, all rounds together (default 3000, --quick 300)",
+    )
     parser.add_argument(
         "--queues",
         help=f"comma-separated, from {','.join(QUEUES)} (default {','.join(DEFAULT)}; --quick: {','.join(QUICK)})",
@@ -30,8 +35,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller figures: the whole run under a minute")
     parser.add_argument("--concurrency", type=int, default=8, help="worker threads/coroutines/processes (8)")
     parser.add_argument("--rate", type=float, default=200.0, help="latency phase: tasks per second (200)")
-    parser.add_argument("--latency-seconds", type=float, help="latency phase length (default 8, --quick 2)")
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        help="latency phase length, all rounds together (default 8, --quick 2)",
+    )
     parser.add_argument("--items", type=int, default=5, help="items in each fake crawler answer (5)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="run every queue this many times, order reversed each round (default 2, --quick 1)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep every worker's log directory")
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     return parser.parse_args(argv)
@@ -45,46 +59,42 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(QUEUES)}", file=sys.stderr)
         return 2
+    rounds = max(1, args.rounds or (1 if args.quick else 2))
     opts = Options(
-        tasks=args.tasks or (300 if args.quick else 4000),
+        tasks=(args.tasks or (300 if args.quick else 3000)) // rounds,
         concurrency=args.concurrency,
         rate=args.rate,
-        latency_s=args.latency_seconds or (2.0 if args.quick else 8.0),
+        latency_s=(args.latency_seconds or (2.0 if args.quick else 8.0)) / rounds,
         warmup=20 if args.quick else 50,
         items=args.items,
         startup_timeout=30.0,
-        throughput_timeout=6.0 if args.quick else 20.0,
+        throughput_timeout=6.0 if args.quick else 15.0,
         keep_logs=args.keep_logs,
     )
     started = time.monotonic()
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
-    print(
-        f"{command}: {', '.join(names)}; {opts.tasks} tasks, concurrency {opts.concurrency}", file=sys.stderr
-    )
+    print(f"{command}: {', '.join(names)}; {rounds} round(s) of {opts.tasks} tasks", file=sys.stderr)
 
-    baselines = {}
-    for mode in ("sync", "aio"):
-        baselines[mode] = base = run_baseline(mode, opts)
-        status = base.error or f"{base.throughput:.0f} calls/s, {base.cpu_ms:.3f} ms CPU/call"
-        print(f"  gRPC-only {mode:5} {status}", file=sys.stderr)
-    results: list[Result] = []
-    for name in names:
-        t0 = time.monotonic()
-        result = run_queue(name, opts)
-        results.append(result)
-        status = (
-            f"FAILED: {result.error}"
-            if result.error and not result.done
-            else (
-                f"{result.throughput:.0f} tasks/s e2e, {result.drain:.0f} drain, p50 "
-                f"{report.f(report.pct(result.latencies_ms, 0.5))} ms, {result.cpu_ms:.3f} ms CPU/task"
-                + (f" [{result.error}]" if result.error else "")
+    per_queue: dict[str, list[Result]] = {name: [] for name in names}
+    per_mode: dict[str, list[Baseline]] = {"sync": [], "aio": []}
+    for k in range(rounds):
+        for mode, bases in per_mode.items():
+            bases.append(base := run_baseline(mode, opts))
+            status = base.error or f"{base.throughput:.0f} calls/s, {base.cpu_ms:.3f} ms CPU/call"
+            print(f"  round {k + 1}  gRPC-only {mode:5} {status}", file=sys.stderr)
+        for name in names if k % 2 == 0 else names[::-1]:
+            t0 = time.monotonic()
+            per_queue[name].append(result := run_queue(name, opts))
+            print(
+                f"  round {k + 1}  {name:10} {_status(result)} ({time.monotonic() - t0:.0f} s)",
+                file=sys.stderr,
             )
-        )
-        print(f"  {name:10} {status} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    results = [rounds_.merge(per_queue[name]) for name in names]
+    baselines = {mode: rounds_.merge_baselines(bases) for mode, bases in per_mode.items()}
+    opts = replace(opts, tasks=opts.tasks * rounds, latency_s=opts.latency_s * rounds)
 
     lines = [f"$ {command}", *report.environment(REPO)]
-    lines += report.render(results, baselines, opts)
+    lines += report.render(results, baselines, opts, rounds)
     lines.append(f"(whole run {time.monotonic() - started:.0f} s)")
     print("\n".join(lines))
     if args.json:
@@ -95,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(args.json).write_text(json.dumps(payload, indent=1))
     return 0 if any(r.done for r in results) else 1
+
+
+def _status(result: Result) -> str:
+    if result.error and not result.done:
+        return f"FAILED: {result.error}"
+    return (
+        f"{result.throughput:.0f} tasks/s e2e, {result.drain:.0f} drain, p50 "
+        f"{report.f(report.pct(result.latencies_ms, 0.5))} ms, {result.cpu_ms:.3f} ms CPU/task, "
+        f"load {result.load[0]:.1f}" + (f" [{result.error}]" if result.error else "")
+    )
 
 
 if __name__ == "__main__":

@@ -81,10 +81,16 @@ def f(value: float, digits: int = 2) -> str:
     return "-" if value != value or value == 0 else f"{value:.{digits}f}"
 
 
-def render(results: list[Result], baselines: dict[str, Baseline], opts: Options) -> list[str]:
-    ours = next((r for r in results if r.name == "ours" and not r.error), None)
+def render(
+    results: list[Result], baselines: dict[str, Baseline], opts: Options, rounds: int = 1
+) -> list[str]:
+    ours = next((r for r in results if r.name == "ours" and r.done), None)
     ok = [r for r in results if r.done]
-    out = _throughput(ok, ours, baselines, opts) + _latency(ok, ours, opts) + _cost(ok, ours, baselines, opts)
+    out = [f"{rounds} round(s), every queue once per round, the order reversed every other round; figures "
+           "over all rounds (rates: total tasks / total time; per-task costs: weighted; latency: pooled)"]  # fmt: skip
+    out += (
+        _throughput(ok, ours, baselines, opts) + _latency(ok, ours, opts) + _cost(ok, ours, baselines, opts)
+    )
     out += ["", "Configurations:"]
     for r in results:
         out.append(f"  {r.name:10} {r.config or '-'} [gRPC {r.grpc}]")

@@ -52,6 +52,7 @@ class Result:
     drain_s: float = 0.0  # queue pre-filled while the worker was paused: resume → last completion
     cpu_ms: float = 0.0  # worker process tree CPU per task, drain phase (e2e if no drain)
     cpu_phase: str = ""
+    cpu_tasks: int = 0  # tasks the CPU figures are per
     redis_cpu_ms: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     submitted: int = 0
@@ -60,6 +61,8 @@ class Result:
     rss_max: float = 0.0  # VmHWM of the largest process
     pss_peak: float = 0.0  # sampled peak of the tree's summed PSS
     processes: int = 0
+    load: list[float] = field(default_factory=list)  # 1-minute load average as each round started
+    per_round: list[tuple[float, float]] = field(default_factory=list)  # (e2e, drain) tasks/s per round
 
     @property
     def throughput(self) -> float:
@@ -150,6 +153,7 @@ def run_queue(name: str, opts: Options) -> Result:
     drain = range(burst.stop, burst.stop + opts.tasks)
     paced = range(drain.stop, drain.stop + int(opts.rate * opts.latency_s))
     stage = Stage(name, adapter, opts, range(1, paced.stop))
+    result.load = [os.getloadavg()[0]]
     try:
         with stage:
             assert stage.observer is not None and stage.worker is not None and stage.sampler is not None
@@ -184,6 +188,7 @@ def run_queue(name: str, opts: Options) -> Result:
             traceback.print_exc(file=sys.stderr)
     if not opts.keep_logs and not result.error:
         shutil.rmtree(stage.workdir, ignore_errors=True)
+    result.per_round = [(result.throughput, result.drain)]
     return result
 
 
@@ -202,7 +207,7 @@ def _burst(stage: Stage, ids: range, result: Result) -> None:
         result.seconds = max(finished.values()) - t0
         result.cpu_ms = (cpu1 - cpu0) * 1000 / len(finished)
         result.redis_cpu_ms = (rcpu1 - rcpu0) * 1000 / len(finished)
-        result.cpu_phase = "e2e"
+        result.cpu_phase, result.cpu_tasks = "e2e", len(finished)
     time.sleep(SETTLE_S)
 
 
@@ -224,7 +229,7 @@ def run_drain(stage: Stage, ids: range, result: Result) -> None:
         result.drain_s = max(finished.values()) - t0
         result.cpu_ms = (cpu1 - cpu0) * 1000 / len(finished)
         result.redis_cpu_ms = (rcpu1 - rcpu0) * 1000 / len(finished)
-        result.cpu_phase = "drain"
+        result.cpu_phase, result.cpu_tasks = "drain", len(finished)
     time.sleep(SETTLE_S)
 
 
