@@ -110,7 +110,8 @@ def _throughput(
         "",
         f"Throughput: {opts.tasks} tasks, concurrency {opts.concurrency}. end-to-end: enqueued at once while the "
         "worker runs, first enqueue -> last completion; drain: enqueued while the worker is paused (SIGSTOP), "
-        "resume -> last completion (x ours = figure / ours's figure)",
+        "resume -> last completion (x ours = figure / ours's figure; load: 1-minute load average as each "
+        "round of that queue started)",
     ]
     rows = []
     for r in ok:
@@ -118,18 +119,10 @@ def _throughput(
             r.name, f"{r.throughput:.0f}", ratio(r.throughput, ours.throughput if ours else None),
             f"{r.seconds:.2f}", f"{r.enqueue_s:.2f}", f"{r.done}/{r.tasks}",
             f(r.drain, 0), ratio(r.drain, ours.drain if ours else None), f(r.drain_s),
+            " ".join(f"{e:.0f}:{d:.0f}" for e, d in r.per_round), " ".join(f"{x:.1f}" for x in r.load),
         ])  # fmt: skip
-    header = [
-        "queue",
-        "e2e tasks/s",
-        "x ours",
-        "seconds",
-        "enqueue s",
-        "done",
-        "drain tasks/s",
-        "x ours",
-        "seconds",
-    ]
+    header = ["queue", "e2e tasks/s", "x ours", "seconds", "enqueue s", "done", "drain tasks/s", "x ours",
+              "seconds", "per round e2e:drain", "load"]  # fmt: skip
     out += table(header, rows)
     for mode, base in baselines.items():
         if not base.error:
