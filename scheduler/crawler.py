@@ -143,6 +143,19 @@ class CrawlerClient:
         self.tls = tls
         self.tls_ca_file = tls_ca_file
         self.on_call = on_call
+        # one Retrying for every worker thread: tenacity keeps its per-call state thread-local, and the
+        # cancel token of the thread's current fetch is found the same way
+        self._local = threading.local()
+        self._retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            # composed rather than wait_exponential_jitter, whose arguments changed across tenacity versions
+            wait=wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
+            + wait_random(0, backoff_initial_s),
+            retry=retry_if_exception(lambda exc: isinstance(exc, CrawlerError) and exc.transient),
+            sleep=self._sleep,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
         self._channel: grpc.Channel | None = None
         self._stub: crawler_pb2_grpc.CrawlerServiceStub | None = None
 
@@ -175,30 +188,22 @@ class CrawlerClient:
         """Call FetchItems, retrying transient failures. Raises CrawlerError or CrawlCancelledError."""
         stub = self._require(self._stub)
         token = cancel or CancelToken()
+        self._local.token = token
         started = time.monotonic()
         calls = 0
-
-        def sleep(seconds: float) -> None:
-            if token.wait(seconds):
-                raise CrawlCancelledError(f"task {request.task_id}: cancelled during back-off")
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self.attempts),
-            # composed rather than wait_exponential_jitter, whose arguments changed across tenacity versions
-            wait=wait_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
-            + wait_random(0, self.backoff_initial_s),
-            retry=retry_if_exception(lambda exc: isinstance(exc, CrawlerError) and exc.transient),
-            sleep=sleep,
-            before_sleep=_log_retry,
-            reraise=True,
-        )
-        for attempt in retrying:
+        for attempt in self._retrying:
             with attempt:
                 calls += 1
                 response = self._call_once(stub, request, token)
         return FetchOutcome(
             response=response, attempts=calls, code="OK", elapsed_s=time.monotonic() - started
         )
+
+    def _sleep(self, seconds: float) -> None:
+        """tenacity's back-off sleep: ends early, raising, when the thread's fetch is cancelled."""
+        token: CancelToken = self._local.token
+        if token.wait(seconds):
+            raise CrawlCancelledError("cancelled during back-off")
 
     def health(self, timeout_s: float = 2.0) -> bool:
         """True only when the crawler's grpc.health.v1 service says SERVING; False on anything else.

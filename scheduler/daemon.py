@@ -102,7 +102,7 @@ class Daemon:
         self._stopping = threading.Event()  # stop reading (and the maintenance timers)
         self._forced = threading.Event()  # give up the drain: cancel crawls, stop retrying writes
         self._halt = threading.Event()  # after the drain: stop renewing leases, stop hearing stops
-        self.writer = OutcomeWriter(s, self.consumer, self.lifecycle, self.metrics, finished=self._finish,
+        self.writer = OutcomeWriter(s, self.consumer, self.lifecycle, self.metrics, finished=self._forget,
                                     give_up=self._forced)  # fmt: skip
         self.runner = TaskRunner(s, self.consumer, self.crawler, self.breaker, self.metrics, self.lifecycle,
                                  record=self.writer.submit, on_stop=self.stop_task, give_up=self._forced)  # fmt: skip
@@ -122,6 +122,7 @@ class Daemon:
         self._next_reclaim = 0.0
         self._next_health = 0.0
         self._redis_failures = 0
+        self._batch: list[StreamMessage] = []  # read, slots reserved, not yet started
         self.last_loop = time.monotonic()  # /healthz: the loop is turning
         self.started = threading.Event()
 
@@ -129,6 +130,10 @@ class Daemon:
 
     def start(self) -> None:
         s = self.settings
+        try:
+            self.consumer.scripts.load()  # so the first batch does not meet NOSCRIPT
+        except redis.RedisError as exc:
+            log.warning("could not load the Lua scripts yet (%s); they load on first use", exc)
         self.crawler.start()
         self._executor = ThreadPoolExecutor(s.worker_pool_size, thread_name_prefix="worker")
         self.writer.start()
@@ -196,11 +201,18 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self._stopping.set()
+        self._start_batch_in_hand()
         grace = self.settings.shutdown_grace
         if self.slots.busy:
             log.info("draining %d in-flight tasks (grace %.0fs)", self.slots.busy, grace)
         deadline = time.monotonic() + grace
-        while not self.slots.wait_idle(0.2):
+        while self.slots.busy or self.running:  # crawls running, or successes not yet recorded
+            if self.slots.busy:
+                self.slots.wait_idle(0.2)
+            else:
+                time.sleep(0.01)
+            if not (self.slots.busy or self.running):
+                break
             if self._forced.is_set() or time.monotonic() >= deadline:
                 self._forced.set()  # writes stop retrying too: nothing may outlast the grace period
                 left = self._cancel_running("shutdown")
@@ -244,8 +256,13 @@ class Daemon:
                 self._stopping.wait(1.0)
 
     def _turn(self) -> None:
-        free = self.slots.wait_free(timeout=0.5)
+        if self._batch:  # read in the previous round-trip, slots reserved: handle it, read on
+            self._batch = self._advance(self._batch, read_more=True)
+            return
+        free = self._free(wait=0.5)
         if free <= 0 or self._stopping.is_set():
+            if free <= 0:
+                self._stopping.wait(0.001)  # the writer is behind: let it catch up
             return
         if self.breaker.state == "half_open" and not self._half_open_check():
             return
@@ -262,7 +279,15 @@ class Daemon:
         if not messages:
             messages = self.consumer.read(free, block_ms=BLOCK_MS)
         if messages:
-            self._dispatch(messages, probe)
+            self.slots.take(len(messages))
+            self._batch = messages  # kept in hand if the round-trip below fails: retried next turn
+            self._batch = self._advance(messages, read_more=not probe, probe=probe)
+
+    def _free(self, wait: float = 0.0) -> int:
+        """Worker slots free now; entries held but not yet recorded count too (at most a pool's worth may
+        wait for the writer)."""
+        free = self.slots.wait_free(timeout=wait) if wait else self.slots.size - self.slots.busy
+        return min(free, 2 * self.slots.size - len(self.running))
 
     def _half_open_check(self) -> bool:
         """Half-open: a health answer decides without spending a task. False: stay out this turn."""
@@ -287,11 +312,32 @@ class Daemon:
             self._next_reclaim = 0.0  # there may be more: look again next turn
         return messages
 
-    def _dispatch(self, messages: list[StreamMessage], probe: bool) -> None:
+    def _advance(
+        self, messages: list[StreamMessage], read_more: bool, probe: bool = False
+    ) -> list[StreamMessage]:
+        """Start the messages in hand (their slots reserved) and, in the same round-trip, read the next
+        batch for the slots still free: under load the read loop costs one round-trip per batch.
+        Returns the next batch, its slots reserved."""
         with self._running_lock:  # an entry this daemon already holds is never started twice
-            messages = [m for m in messages if m.id not in self.running]
-        executes = [m for m in messages if m.message.action == "execute"]
-        specs, verdicts = self._classify(executes)
+            held = [m for m in messages if m.id in self.running]
+        for _ in held:
+            self.slots.give()
+        messages = [m for m in messages if m not in held]
+        reading = read_more and not self._stopping.is_set() and not self.consumer.resuming
+        more = self._free() if reading and self.breaker.state == "closed" else 0
+        specs, verdicts, next_reply = self._classify(messages, more)
+        self._dispatch(messages, specs, verdicts, probe)
+        upcoming = self.consumer.accept(next_reply) if more else []
+        self.slots.take(len(upcoming))
+        return upcoming
+
+    def _dispatch(
+        self,
+        messages: list[StreamMessage],
+        specs: dict[int, TaskSpec | None],
+        verdicts: dict[str, str],
+        probe: bool,
+    ) -> None:
         ended: list[tuple[StreamMessage, str]] = []
         assert self._executor is not None
         for msg in messages:
@@ -306,23 +352,43 @@ class Daemon:
             running = Running(msg, probe=probe)
             with self._running_lock:
                 self.running[msg.id] = running
-            self.slots.take()
             self.metrics.workers_busy.inc()
             self._executor.submit(self._work, running, spec)
+        for _ in ended:
+            self.slots.give()
         if ended:
             self._end_at_once(ended)
 
-    def _classify(self, executes: list[StreamMessage]) -> tuple[dict[int, TaskSpec | None], dict[str, str]]:
-        """Specs and run claims of a whole batch in one round-trip."""
-        if not executes:
-            return {}, {}
+    def _classify(
+        self, messages: list[StreamMessage], read_next: int = 0
+    ) -> tuple[dict[int, TaskSpec | None], dict[str, str], object]:
+        """Specs and run claims of a whole batch, and optionally a non-blocking read of the next batch,
+        in one round-trip. Returns (specs, verdicts, the next read's raw reply)."""
+        executes = [m for m in messages if m.message.action == "execute"]
+        if not executes and not read_next:
+            return {}, {}, None
         ids = sorted({m.message.task_id for m in executes})
-        pipe = self.redis.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.hgetall(keys.task_spec_key(task_id))
-        self.lifecycle.claim_batch([(m.message.task_id, m.id, m.message.retry) for m in executes], pipe)
+        claims = [(m.message.task_id, m.id, m.message.retry) for m in executes]
+
+        def build(pipe: redis.Redis) -> None:
+            for task_id in ids:
+                pipe.hgetall(keys.task_spec_key(task_id))
+            if claims:
+                self.lifecycle.claim_batch(claims, pipe)  # a claim repeated by the same entry is a no-op
+            if read_next:
+                self.consumer.queue_read(pipe, read_next)
+
         with connection_errors("read specs and claim runs"):
-            *raws, verdicts = pipe.execute()
+            replies = self.consumer.scripts.execute(build, raise_on_error=False)
+        next_reply = replies.pop() if read_next else None
+        if isinstance(next_reply, redis.ResponseError):  # NOGROUP after a flush: the next plain read fixes it
+            log.warning("read of the next batch failed (%s)", next_reply)
+            next_reply = None
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        verdicts = replies.pop() if claims else []
+        raws = replies
         specs: dict[int, TaskSpec | None] = {}
         for task_id, raw in zip(ids, raws, strict=True):
             try:
@@ -330,17 +396,19 @@ class Daemon:
             except (ValueError, TypeError) as exc:
                 log.error("task %d has an unreadable spec (%s); treated as unknown", task_id, exc)
                 specs[task_id] = None
-        return specs, {m.id: text(v) for m, v in zip(executes, verdicts, strict=True)}
+        return specs, {m.id: text(v) for m, v in zip(executes, verdicts, strict=True)}, next_reply
 
     def _end_at_once(self, ended: list[tuple[StreamMessage, str]]) -> None:
         """Skips (their claim released) and duplicates: acknowledged in one round-trip, counted."""
-        pipe = self.redis.pipeline(transaction=False)
-        for msg, label in ended:
-            if label == "skipped":
-                self.lifecycle.release(msg.message.task_id, msg.id, None, pipe)
-        pipe.xack(self.consumer.stream, self.consumer.group, *(msg.id for msg, _ in ended))
+
+        def build(pipe: redis.Redis) -> None:
+            for msg, label in ended:
+                if label == "skipped":
+                    self.lifecycle.release(msg.message.task_id, msg.id, None, pipe)
+            pipe.xack(self.consumer.stream, self.consumer.group, *(msg.id for msg, _ in ended))
+
         with connection_errors("acknowledge skipped and duplicate entries"):
-            pipe.execute()
+            self.consumer.scripts.execute(build)
         for msg, label in ended:
             self.metrics.tasks_processed.labels(label).inc()
             if label == "duplicate":
@@ -359,16 +427,31 @@ class Daemon:
         except Exception:
             log.exception("worker error; entry left pending for reclaim", extra={"entry_id": running.msg.id})
         finally:
+            # The worker is free at once: crawls never wait for the writer. A success's entry stays held
+            # (lease renewed) until the writer has recorded it and calls _forget.
+            self.metrics.workers_busy.dec()
+            self.slots.give()
             if label != HANDED:
-                self._finish(running)
+                self._forget(running)
 
-    def _finish(self, running: Running) -> None:
-        """The entry is ended (or given up): its slot and lease go."""
+    def _forget(self, running: Running) -> None:
+        """The entry is ended (or given up): its lease goes."""
         with self._running_lock:
             if self.running.get(running.msg.id) is running:
                 del self.running[running.msg.id]
-        self.metrics.workers_busy.dec()
-        self.slots.give()
+
+    def _start_batch_in_hand(self) -> None:
+        """Entries already read when the stop came are started like any in-flight work (or, if Redis is
+        gone, left pending for a restart or a reclaim)."""
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        try:
+            self._advance(batch, read_more=False)
+        except Exception as exc:
+            log.warning("%d entries read before the stop left pending (%s)", len(batch), exc)
+            for _ in batch:
+                self.slots.give()
 
     def _redis_down(self, exc: Exception) -> None:
         self._redis_failures += 1

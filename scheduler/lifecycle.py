@@ -172,14 +172,18 @@ class Lifecycle:
         args: list[str | int] = [self.marker_ttl_ms]
         for task_id, entry_id, retry in items:
             args += [entry_id, task_id, entry_id.split("-", 1)[0], retry]
-        return self.scripts.claim_batch(keys=keys_, args=args, client=pipe)
+        if pipe is not None:
+            self.scripts.queue(pipe, "claim_batch", keys_, args)
+            return None
+        return self.scripts.run("claim_batch", keys_, args)
 
     def release(
         self, task_id: int, entry_id: str, succeeded_at_ms: int | None, pipe: redis.Redis | None = None
     ) -> None:
         """End the run's marker; may be queued on a caller's pipeline (one round-trip with the outcome)."""
-        self.scripts.release_run(
-            keys=[self.marker(task_id), self.last_success],
-            args=[entry_id, task_id, "" if succeeded_at_ms is None else succeeded_at_ms],
-            client=pipe,
-        )
+        keys_ = [self.marker(task_id), self.last_success]
+        args: list[str | int] = [entry_id, task_id, "" if succeeded_at_ms is None else succeeded_at_ms]
+        if pipe is not None:
+            self.scripts.queue(pipe, "release_run", keys_, args)
+        else:
+            self.scripts.run("release_run", keys_, args)

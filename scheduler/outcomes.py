@@ -97,7 +97,10 @@ class OutcomeWriter:
 
     def _flush(self, batch: list[Done]) -> None:
         try:
-            new_counts = self._persist(lambda: self._write(batch))
+            try:
+                new_counts = self._write(batch)  # the usual case, without building a retry loop
+            except QueueConnectionError:
+                new_counts = self._persist(lambda: self._write(batch))
         except (QueueConnectionError, redis.ResponseError) as exc:
             self.metrics.redis_errors.labels("outcome").inc()
             log.error("%d outcomes not recorded, entries left pending: %s", len(batch), exc)

@@ -223,12 +223,13 @@ class TaskRunner:
         return label
 
     def _set_failed(self, task_id: int, entry_id: str, error_text: str, label: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(keys.crawl_status_key(task_id), "failed", ex=keys.STATUS_TTL_SECONDS)
-        pipe.set(keys.crawl_message_key(task_id), error_text, ex=keys.STATUS_TTL_SECONDS)
-        if label == "dead_lettered":
-            self.lifecycle.release(task_id, entry_id, None, pipe)
-        _guarded(pipe.execute)
+        def build(pipe: redis.Redis) -> None:
+            pipe.set(keys.crawl_status_key(task_id), "failed", ex=keys.STATUS_TTL_SECONDS)
+            pipe.set(keys.crawl_message_key(task_id), error_text, ex=keys.STATUS_TTL_SECONDS)
+            if label == "dead_lettered":
+                self.lifecycle.release(task_id, entry_id, None, pipe)
+
+        _guarded(lambda: self.consumer.scripts.execute(build))
 
     def _not_held(self, msg: StreamMessage, label: str) -> str:
         log.warning("entry no longer held by this consumer: %s outcome dropped", label, extra=self.extra(msg))
@@ -253,7 +254,10 @@ class TaskRunner:
 
     def _write(self, action: Callable[[], Any], msg: StreamMessage) -> Any:
         try:
-            return self._persist(action)
+            try:
+                return action()  # the usual case, without building a retry loop
+            except QueueConnectionError:
+                return self._persist(action)
         except QueueConnectionError as exc:
             self.metrics.redis_errors.labels("outcome").inc()
             log.error("outcome not recorded, entry left pending: %s", exc, extra=self.extra(msg))

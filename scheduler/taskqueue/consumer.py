@@ -126,6 +126,15 @@ class Consumer:
         """True while this consumer is still re-reading its own pending list."""
         return self._pending_cursor is not None
 
+    def queue_read(self, pipe: Any, count: int) -> None:
+        """Queue a non-blocking read of up to ``count`` new entries on a caller's pipeline (so a daemon can
+        read its next batch in the round-trip that handles the current one); ``accept`` its reply."""
+        pipe.xreadgroup(self.group, self.name, {self.stream: ">"}, count=count)
+
+    def accept(self, reply: Any) -> list[StreamMessage]:
+        """The valid messages of a queued read's reply; poison is dead-lettered as in ``read``."""
+        return self._accept(self._entries(reply), resumed=False)
+
     def _xreadgroup(self, cursor: str, count: int, block_ms: int | None) -> list[tuple[bytes, Fields]]:
         reply = self._with_group(
             lambda: self.redis.xreadgroup(
@@ -133,6 +142,10 @@ class Consumer:
             ),
             f"XREADGROUP {self.stream}",
         )
+        return self._entries(reply)
+
+    @staticmethod
+    def _entries(reply: Any) -> list[tuple[bytes, Fields]]:
         if not reply:
             return []
         if isinstance(reply, dict):  # RESP3
