@@ -65,9 +65,9 @@ def thread_names(pid: int) -> dict[int, str]:
 
 def group(name: str) -> str:
     if name.startswith("worker"):
-        return "worker threads (claim, crawl, outcome)"
+        return "worker threads"
     if name == "MainThread":
-        return "main thread (read loop, specs, dispatch)"
+        return "main thread (read loop)"
     if name.startswith(("grpc", "event_engine", "lifeguard", "default-execu", "resolver")):
         return "gRPC C-core threads"
     return f"{name} thread"
