@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -157,6 +157,8 @@ class CrawlerClient:
             reraise=True,
         )
         self._channel: grpc.Channel | None = None
+        self._warm: Any = None  # the health Watch stream that keeps the channel's event thread alive
+        self._warm_retry_at = 0.0
         self._stub: crawler_pb2_grpc.CrawlerServiceStub | None = None
 
     def start(self) -> CrawlerClient:
@@ -170,9 +172,32 @@ class CrawlerClient:
         else:
             self._channel = grpc.insecure_channel(self.addr, options=options)
         self._stub = crawler_pb2_grpc.CrawlerServiceStub(self._channel)
+        self._keep_warm()
         return self
 
+    def _keep_warm(self) -> None:
+        """Hold one long-lived call (the health Watch stream) open on the channel.
+
+        gRPC's Python channel runs a thread to deliver the events of future-style calls, and ends it
+        whenever no call is in flight; between two crawls it was torn down and started again, about a
+        tenth of a millisecond of CPU per task (measured, docs/BENCHMARKS.md). A crawler without the
+        health service (the original) answers UNIMPLEMENTED and the stream ends: nothing changes then,
+        and it is tried again at most once a minute."""
+        now = time.monotonic()
+        if self._warm is not None and not self._warm.done():
+            return
+        if now < self._warm_retry_at:
+            return
+        self._warm_retry_at = now + 60.0
+        channel = self._require(self._channel)
+        self._warm = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        )
+
     def close(self) -> None:
+        if self._warm is not None:
+            self._warm.cancel()
+            self._warm = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -189,6 +214,7 @@ class CrawlerClient:
         stub = self._require(self._stub)
         token = cancel or CancelToken()
         self._local.token = token
+        self._keep_warm()
         started = time.monotonic()
         calls = 0
         for attempt in self._retrying:
