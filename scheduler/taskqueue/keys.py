@@ -1,8 +1,9 @@
 """Every Redis key name and stream default, in one place.
 
-Keys derived from the stream name (dead letters, delayed retries, schedule, results) share its hash tag,
-so on Redis Cluster a stream named ``{goodshunter}:task:queue`` keeps every multi-key script in one slot.
-The per-task status keys are fixed by the Go original and are never touched by a multi-key script.
+Keys derived from the stream name (dead letters, delayed retries, schedule, results, run markers) share
+its hash tag, so on Redis Cluster a stream named ``{goodshunter}:task:queue`` keeps them in one slot. The
+per-task status keys are fixed by the Go original and cannot share it; ``complete_batch.lua`` writes them
+with the stream's keys, so Redis Cluster needs that step split (open work, docs/ARCHITECTURE.md).
 """
 
 from typing import Final
