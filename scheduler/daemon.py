@@ -30,6 +30,7 @@ from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
 from scheduler.crawler import CrawlerClient
 from scheduler.errors import InvalidMessageError, QueueConnectionError
+from scheduler.holdings import Holdings
 from scheduler.lifecycle import Lifecycle
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import Metrics
@@ -97,12 +98,11 @@ class Daemon:
         self.lifecycle = Lifecycle(s, self.redis, self.consumer.scripts)
         self.slots = Slots(s.worker_pool_size)
         self.handle_signals = handle_signals
-        self.running: dict[str, Running] = {}  # entry id → what this daemon holds
-        self._running_lock = threading.Lock()
+        self.holdings = Holdings(self.consumer, self.metrics)
         self._stopping = threading.Event()  # stop reading (and the maintenance timers)
         self._forced = threading.Event()  # give up the drain: cancel crawls, stop retrying writes
         self._halt = threading.Event()  # after the drain: stop renewing leases, stop hearing stops
-        self.writer = OutcomeWriter(s, self.consumer, self.lifecycle, self.metrics, finished=self._forget,
+        self.writer = OutcomeWriter(s, self.consumer, self.lifecycle, self.metrics, finished=self.holdings.forget,
                                     give_up=self._forced)  # fmt: skip
         self.runner = TaskRunner(s, self.consumer, self.crawler, self.breaker, self.metrics, self.lifecycle,
                                  record=self.writer.submit, on_stop=self.stop_task, give_up=self._forced)  # fmt: skip
@@ -139,14 +139,16 @@ class Daemon:
         self.writer.start()
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
-        leases = Job("lease renewal", lambda: s.lease_renew_interval, self._renew_leases)
+        leases = Job("lease renewal", lambda: s.lease_renew_interval, self.holdings.renew)
         self._timers = [
             TimerThread("leases", [leases], self._halt),
             TimerThread("maintenance", self.maintenance.jobs(), self._stopping),
         ]
         for timer in self._timers:
             timer.start()
-        self._control = threading.Thread(target=self._listen_control, name="control", daemon=True)
+        self._control = threading.Thread(
+            target=self.holdings.listen, args=(self._halt,), name="control", daemon=True
+        )
         self._control.start()
         if s.metrics_port:
             from scheduler.http import StatusServer
@@ -206,16 +208,16 @@ class Daemon:
         if self.slots.busy:
             log.info("draining %d in-flight tasks (grace %.0fs)", self.slots.busy, grace)
         deadline = time.monotonic() + grace
-        while self.slots.busy or self.running:  # crawls running, or successes not yet recorded
+        while self.slots.busy or self.holdings:  # crawls running, or successes not yet recorded
             if self.slots.busy:
                 self.slots.wait_idle(0.2)
             else:
                 time.sleep(0.01)
-            if not (self.slots.busy or self.running):
+            if not (self.slots.busy or self.holdings):
                 break
             if self._forced.is_set() or time.monotonic() >= deadline:
                 self._forced.set()  # writes stop retrying too: nothing may outlast the grace period
-                left = self._cancel_running("shutdown")
+                left = self.holdings.cancel_all("shutdown")
                 log.warning("grace period over: %d crawls cancelled and left pending", left)
                 self.slots.wait_idle(5.0)
                 break
@@ -287,7 +289,7 @@ class Daemon:
         """Worker slots free now; entries held but not yet recorded count too (at most a pool's worth may
         wait for the writer)."""
         free = self.slots.wait_free(timeout=wait) if wait else self.slots.size - self.slots.busy
-        return min(free, 2 * self.slots.size - len(self.running))
+        return min(free, 2 * self.slots.size - len(self.holdings))
 
     def _half_open_check(self) -> bool:
         """Half-open: a health answer decides without spending a task. False: stay out this turn."""
@@ -318,11 +320,9 @@ class Daemon:
         """Start the messages in hand (their slots reserved) and, in the same round-trip, read the next
         batch for the slots still free: under load the read loop costs one round-trip per batch.
         Returns the next batch, its slots reserved."""
-        with self._running_lock:  # an entry this daemon already holds is never started twice
-            held = [m for m in messages if m.id in self.running]
+        messages, held = self.holdings.split(messages)  # an entry already held is never started twice
         for _ in held:
             self.slots.give()
-        messages = [m for m in messages if m not in held]
         reading = read_more and not self._stopping.is_set() and not self.consumer.resuming
         more = self._free() if reading and self.breaker.state == "closed" else 0
         specs, verdicts, next_reply = self._classify(messages, more)
@@ -350,8 +350,7 @@ class Daemon:
                     ended.append((msg, "duplicate"))
                     continue
             running = Running(msg, probe=probe)
-            with self._running_lock:
-                self.running[msg.id] = running
+            self.holdings.add(running)
             self.metrics.workers_busy.inc()
             self._executor.submit(self._work, running, spec)
         for _ in ended:
@@ -432,13 +431,7 @@ class Daemon:
             self.metrics.workers_busy.dec()
             self.slots.give()
             if label != HANDED:
-                self._forget(running)
-
-    def _forget(self, running: Running) -> None:
-        """The entry is ended (or given up): its lease goes."""
-        with self._running_lock:
-            if self.running.get(running.msg.id) is running:
-                del self.running[running.msg.id]
+                self.holdings.forget(running)
 
     def _start_batch_in_hand(self) -> None:
         """Entries already read when the stop came are started like any in-flight work (or, if Redis is
@@ -461,94 +454,13 @@ class Daemon:
             log.warning("Redis error in read loop (%s); retrying in %.1fs", exc, delay)
         self._stopping.wait(delay)
 
-    # -- stops, cancellation --------------------------------------------------------------------------
+    # -- stops ----------------------------------------------------------------------------------------
 
     def stop_task(self, task_id: int, why: str) -> None:
         """A stop message: stop the task everywhere (the lifecycle tells the other daemons)."""
         self.lifecycle.stop(task_id, who=why)
         self.metrics.stops.inc()
-        self.cancel_local(task_id, "stopped")
-
-    def cancel_local(self, task_id: int, reason: str) -> None:
-        """Cancel this daemon's crawls of the task ("stopped": acked, not retried)."""
-        with self._running_lock:
-            targets = [r for r in self.running.values() if r.msg.message.task_id == task_id]
-        for running in targets:
-            if running.msg.message.action == "execute" and running.cancel_reason is None:
-                running.cancel_reason = reason
-                running.token.cancel()
-
-    def _cancel_running(self, reason: str) -> int:
-        with self._running_lock:
-            targets = list(self.running.values())
-        for running in targets:
-            running.cancel_reason = running.cancel_reason or reason
-            running.token.cancel()
-        return len(targets)
-
-    def _listen_control(self) -> None:
-        """Stops published by any daemon or CLI reach this one at once; the lease timer's status check is
-        the backstop for a message missed while disconnected."""
-        channel = keys.control_channel(self.settings.task_queue_stream)
-        failures = 0
-        while not self._halt.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(channel)
-                failures = 0
-                while not self._halt.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "message":
-                        verb, _, arg = text(message["data"]).partition(" ")
-                        if verb == "stop" and arg.isdigit():
-                            self.cancel_local(int(arg), "stopped")
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning("control channel lost (%s); resubscribing", type(exc).__name__)
-                self._halt.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
-            except Exception:
-                log.exception("control channel error")
-                self._halt.wait(1.0)
-            finally:
-                pubsub.close()
-
-    # -- leases -------------------------------------------------------------------------------------------
-
-    def _renew_leases(self) -> None:
-        with self._running_lock:
-            ids = list(self.running)
-        if not ids:
-            return
-        owned = set(self.consumer.extend(ids))
-        self.metrics.lease_renewals.inc()
-        with self._running_lock:
-            lost = [self.running[i] for i in ids if i not in owned and i in self.running]
-        if lost:
-            self.metrics.leases_lost.inc(len(lost))
-            log.warning(
-                "%d held entries were reclaimed or ended by another consumer; their crawls stop", len(lost)
-            )
-            for running in lost:
-                running.cancel_reason = running.cancel_reason or "lost"
-                running.token.cancel()
-        self._cancel_stopped()
-
-    def _cancel_stopped(self) -> None:
-        with self._running_lock:
-            task_ids = sorted(
-                {r.msg.message.task_id for r in self.running.values() if r.cancel_reason is None}
-            )
-        if not task_ids:
-            return
-        with connection_errors("read task statuses"):
-            pipe = self.redis.pipeline(transaction=False)
-            for task_id in task_ids:
-                pipe.hget(keys.task_spec_key(task_id), "status")
-            statuses = pipe.execute()
-        for task_id, status in zip(task_ids, statuses, strict=True):
-            if status is not None and text(status) == "stopped":
-                self.cancel_local(task_id, "stopped")
+        self.holdings.cancel_task(task_id, "stopped")
 
     # -- callbacks ----------------------------------------------------------------------------------------
 

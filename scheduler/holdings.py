@@ -1,0 +1,130 @@
+"""What a daemon holds: the entries its workers run or whose outcome waits to be written, their leases,
+and the cancellation of their crawls (a stop from any daemon or CLI, a lost lease, the shutdown deadline).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from scheduler.metrics import Metrics
+from scheduler.taskqueue import Consumer, StreamMessage, keys
+from scheduler.taskqueue._redis import connection_errors, text
+from scheduler.worker import Running
+
+log = logging.getLogger(__name__)
+
+
+class Holdings:
+    def __init__(self, consumer: Consumer, metrics: Metrics) -> None:
+        self.consumer = consumer
+        self.redis = consumer.redis
+        self.metrics = metrics
+        self._held: dict[str, Running] = {}  # entry id → what this daemon holds
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, running: Running) -> None:
+        with self._lock:
+            self._held[running.msg.id] = running
+
+    def forget(self, running: Running) -> None:
+        """The entry is ended (or given up): its lease goes. Only this very hold (a later one of the same
+        entry, after a reclaim, is not this one's to end)."""
+        with self._lock:
+            if self._held.get(running.msg.id) is running:
+                del self._held[running.msg.id]
+
+    def split(self, messages: list[StreamMessage]) -> tuple[list[StreamMessage], list[StreamMessage]]:
+        """(not held yet, already held): an entry this daemon holds is never started twice."""
+        with self._lock:
+            held = [m for m in messages if m.id in self._held]
+        return [m for m in messages if m not in held], held
+
+    # -- cancellation -----------------------------------------------------------------------------------
+
+    def cancel_task(self, task_id: int, reason: str) -> None:
+        """Cancel this daemon's crawls of the task ("stopped": acked, not retried)."""
+        with self._lock:
+            targets = [r for r in self._held.values() if r.msg.message.task_id == task_id]
+        for running in targets:
+            if running.msg.message.action == "execute" and running.cancel_reason is None:
+                running.cancel_reason = reason
+                running.token.cancel()
+
+    def cancel_all(self, reason: str) -> int:
+        with self._lock:
+            targets = list(self._held.values())
+        for running in targets:
+            running.cancel_reason = running.cancel_reason or reason
+            running.token.cancel()
+        return len(targets)
+
+    # -- leases (the "leases" timer) --------------------------------------------------------------------
+
+    def renew(self) -> None:
+        """Renew every held entry's lease in one call; stop the crawls whose entry another consumer took
+        over or ended, and those of tasks stopped meanwhile (backstop for a stop heard by no channel)."""
+        with self._lock:
+            ids = list(self._held)
+        if not ids:
+            return
+        owned = set(self.consumer.extend(ids))
+        self.metrics.lease_renewals.inc()
+        with self._lock:
+            lost = [self._held[i] for i in ids if i not in owned and i in self._held]
+        if lost:
+            self.metrics.leases_lost.inc(len(lost))
+            log.warning(
+                "%d held entries were reclaimed or ended by another consumer; their crawls stop", len(lost)
+            )
+            for running in lost:
+                running.cancel_reason = running.cancel_reason or "lost"
+                running.token.cancel()
+        self._cancel_stopped()
+
+    def _cancel_stopped(self) -> None:
+        with self._lock:
+            task_ids = sorted({r.msg.message.task_id for r in self._held.values() if r.cancel_reason is None})
+        if not task_ids:
+            return
+        with connection_errors("read task statuses"):
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hget(keys.task_spec_key(task_id), "status")
+            statuses = pipe.execute()
+        for task_id, status in zip(task_ids, statuses, strict=True):
+            if status is not None and text(status) == "stopped":
+                self.cancel_task(task_id, "stopped")
+
+    # -- the control channel (its own thread) ---------------------------------------------------------
+
+    def listen(self, halt: threading.Event) -> None:
+        """Stops published by any daemon or CLI reach this one at once, until ``halt``."""
+        channel = keys.control_channel(self.consumer.stream)
+        failures = 0
+        while not halt.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(channel)
+                failures = 0
+                while not halt.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "message":
+                        verb, _, arg = text(message["data"]).partition(" ")
+                        if verb == "stop" and arg.isdigit():
+                            self.cancel_task(int(arg), "stopped")
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("control channel lost (%s); resubscribing", type(exc).__name__)
+                halt.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+            except Exception:
+                log.exception("control channel error")
+                halt.wait(1.0)
+            finally:
+                pubsub.close()
