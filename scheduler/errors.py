@@ -30,10 +30,6 @@ class QueueConnectionError(SchedulerError):
     """Redis could not be reached, or the connection broke mid-command."""
 
 
-class TaskNotFoundError(SchedulerError, KeyError):
-    """The task registry has no spec for this task id."""
-
-
 class CrawlerError(SchedulerError):
     """A crawler call failed; ``code`` is the gRPC status name, ``transient`` whether a retry may help."""
 

@@ -95,13 +95,8 @@ class Lifecycle:
 
     def stop(self, task_id: int, who: str) -> bool:
         """Mark stopped, unschedule, drop parked retries, and tell every daemon. False if unregistered."""
-        spec = self.registry.set_status(task_id, "stopped")
+        spec = self.registry.set_status(task_id, "stopped", by=who)  # records stopped_by / stopped_at
         with connection_errors(f"stop task {task_id}"):
-            if spec is not None:
-                self.redis.hset(
-                    keys.task_spec_key(task_id),
-                    mapping={"stopped_by": who[:200], "stopped_at": str(time.time())},
-                )
             removed = self.scripts.stop_task(
                 keys=[self.schedule, self.intervals, keys.delayed_set(self.stream), self.marker(task_id)],
                 args=[task_id],

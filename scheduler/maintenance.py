@@ -11,11 +11,10 @@ import redis
 from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
 from scheduler.crawler import CrawlerClient
-from scheduler.errors import QueueConnectionError
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.taskqueue import Consumer, keys
-from scheduler.taskqueue._redis import text
+from scheduler.taskqueue._redis import connection_errors, text
 from scheduler.timers import Job, heartbeat_payload
 
 log = logging.getLogger(__name__)
@@ -76,22 +75,18 @@ class Maintenance:
     def heartbeat(self) -> None:
         s = self.settings
         payload = heartbeat_payload(s.consumer_name, self.busy(), s.worker_pool_size, self.breaker.state)
-        try:
+        with connection_errors("heartbeat"):
             self.redis.set(self.heartbeat_key, payload, ex=max(1, int(s.heartbeat_interval * 3)))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueConnectionError(f"heartbeat: {exc}") from exc
 
     def refresh_gauges(self) -> None:
         s = self.settings
-        try:
+        with connection_errors("queue gauges"):
             pipe = self.redis.pipeline(transaction=False)
             pipe.xlen(s.task_queue_stream)
             pipe.xinfo_groups(s.task_queue_stream)
             pipe.zcard(keys.delayed_set(s.task_queue_stream))
             pipe.xlen(keys.dlq_stream(s.task_queue_stream))
             length, groups, delayed, dlq = pipe.execute(raise_on_error=False)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise QueueConnectionError(f"queue gauges: {exc}") from exc
         m = self.metrics
         for gauge, value in ((m.queue_length, length), (m.delayed_retries, delayed), (m.dlq_length, dlq)):
             if isinstance(value, int):

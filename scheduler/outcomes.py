@@ -16,13 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_when_event_set,
-    wait_exponential,
-)
 
 from scheduler.config import Settings
 from scheduler.errors import QueueConnectionError
@@ -30,7 +23,7 @@ from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.taskqueue import Consumer, keys
 from scheduler.taskqueue._redis import connection_errors
-from scheduler.worker import Done, Running
+from scheduler.worker import Done, Persist, Running
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +50,7 @@ class OutcomeWriter:
         self.results = keys.results_stream(settings.task_queue_stream)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="outcomes", daemon=True)
-        self._persist = Retrying(
-            retry=retry_if_exception_type(QueueConnectionError),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            stop=stop_after_delay(settings.lease_timeout) | stop_when_event_set(give_up),
-            reraise=True,
-        )
+        self._persist = Persist(settings.lease_timeout, give_up)
 
     def start(self) -> OutcomeWriter:
         self._thread.start()
@@ -97,10 +85,7 @@ class OutcomeWriter:
 
     def _flush(self, batch: list[Done]) -> None:
         try:
-            try:
-                new_counts = self._write(batch)  # the usual case, without building a retry loop
-            except QueueConnectionError:
-                new_counts = self._persist(lambda: self._write(batch))
+            new_counts = self._persist(lambda: self._write(batch))
         except (QueueConnectionError, redis.ResponseError) as exc:
             self.metrics.redis_errors.labels("outcome").inc()
             log.error("%d outcomes not recorded, entries left pending: %s", len(batch), exc)

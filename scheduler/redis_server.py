@@ -111,17 +111,6 @@ class RedisServer:
         self.kill()
         return False
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with self.client(socket_timeout=1) as probe:
-                    probe.ping()
-                    return
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise SchedulerError(f"redis on port {self.port} not ready after {timeout}s")
-
     def kill(self) -> None:
         """SIGKILL: a crash, nothing flushed beyond what AOF already has."""
         if self.process and self.process.poll() is None:

@@ -109,9 +109,10 @@ def _check_choice(name: str, value: object, choices: Any) -> None:
 
 class TaskRegistry(Protocol):
     def get(self, task_id: int) -> TaskSpec | None: ...
+    def registered(self, task_ids: list[int]) -> list[bool]: ...
     def put(self, spec: TaskSpec) -> None: ...
     def put_many(self, specs: Iterable[TaskSpec]) -> int: ...
-    def set_status(self, task_id: int, status: Status) -> TaskSpec | None: ...
+    def set_status(self, task_id: int, status: Status, by: str = "") -> TaskSpec | None: ...
     def delete(self, task_id: int) -> bool: ...
     def list(self) -> list[TaskSpec]: ...
 
@@ -126,6 +127,13 @@ class RedisTaskRegistry:
         with connection_errors(f"read task {task_id}"):
             raw = self.redis.hgetall(keys.task_spec_key(task_id))
         return TaskSpec.from_hash(task_id, raw) if raw else None
+
+    def registered(self, task_ids: list[int]) -> list[bool]:
+        """Which of these ids have a spec, in one round-trip."""
+        if not task_ids:
+            return []
+        with connection_errors("read the task index"):
+            return [bool(found) for found in self.redis.smismember(keys.TASK_INDEX_KEY, task_ids)]
 
     def put(self, spec: TaskSpec) -> None:
         self.put_many([spec])
@@ -145,16 +153,17 @@ class RedisTaskRegistry:
                 pipe.execute()
         return count
 
-    def set_status(self, task_id: int, status: Status) -> TaskSpec | None:
+    def set_status(self, task_id: int, status: Status, by: str = "") -> TaskSpec | None:
+        """Set the status (and who set it: ``<status>_by`` / ``<status>_at``); None if unregistered."""
         spec = self.get(task_id)
         if spec is None:
             return None
         updated = spec.with_status(status)
+        fields = {"status": status, "updated_at": str(updated.updated_at)}
+        if by:
+            fields |= {f"{status}_by": by[:200], f"{status}_at": str(updated.updated_at)}
         with connection_errors(f"update task {task_id}"):
-            self.redis.hset(
-                keys.task_spec_key(task_id),
-                mapping={"status": status, "updated_at": str(updated.updated_at)},
-            )
+            self.redis.hset(keys.task_spec_key(task_id), mapping=fields)  # type: ignore[arg-type]
         return updated
 
     def delete(self, task_id: int) -> bool:

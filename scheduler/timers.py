@@ -45,10 +45,6 @@ class TimerThread:
     def start(self) -> None:
         self._thread.start()
 
-    def wake(self) -> None:
-        """Run due jobs now (e.g. a retry was just parked and the mover should re-plan)."""
-        self._wake.set()
-
     def join(self, timeout: float) -> None:
         self._wake.set()
         self._thread.join(timeout)

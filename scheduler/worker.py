@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from tenacity import (
@@ -38,9 +38,11 @@ from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.registry import TaskSpec
 from scheduler.taskqueue import Consumer, StreamMessage, keys
+from scheduler.taskqueue._redis import connection_errors
 from scheduler.taskqueue.message import format_timestamp
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLATFORMS = {
     "mercari": crawler_pb2.PLATFORM_MERCARI,
@@ -132,14 +134,7 @@ class TaskRunner:
         self.lifecycle = lifecycle
         self.record = record
         self.on_stop = on_stop
-        # Writes survive a Redis blip for up to a lease, never past the shutdown deadline; after that the
-        # entry stays pending for a restart or a reclaim.
-        self._persist = Retrying(
-            retry=retry_if_exception_type(QueueConnectionError),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            stop=stop_after_delay(settings.lease_timeout) | stop_when_event_set(give_up),
-            reraise=True,
-        )
+        self._persist = Persist(settings.lease_timeout, give_up)
 
     def run(self, running: Running, spec: TaskSpec | None) -> str:
         """Handle one message; returns the outcome label, or HANDED for a success being recorded."""
@@ -218,18 +213,17 @@ class TaskRunner:
         if not ended:
             return self._not_held(msg, label)
         # the status keys only after the entry was ended by us: a zombie must not overwrite a success
-        self._write(lambda: self._set_failed(task.task_id, msg.id, error_text, label), msg)
+        # (a dead letter's run marker is released by the consumer's on_dead_letter, as for every dead letter)
+        self._write(lambda: self._set_failed(task.task_id, error_text), msg)
         self.metrics.tasks_processed.labels(label).inc()
         return label
 
-    def _set_failed(self, task_id: int, entry_id: str, error_text: str, label: str) -> None:
-        def build(pipe: redis.Redis) -> None:
+    def _set_failed(self, task_id: int, error_text: str) -> None:
+        with connection_errors(f"status of task {task_id}"):
+            pipe = self.redis.pipeline(transaction=False)
             pipe.set(keys.crawl_status_key(task_id), "failed", ex=keys.STATUS_TTL_SECONDS)
             pipe.set(keys.crawl_message_key(task_id), error_text, ex=keys.STATUS_TTL_SECONDS)
-            if label == "dead_lettered":
-                self.lifecycle.release(task_id, entry_id, None, pipe)
-
-        _guarded(lambda: self.consumer.scripts.execute(build))
+            pipe.execute()
 
     def _not_held(self, msg: StreamMessage, label: str) -> str:
         log.warning("entry no longer held by this consumer: %s outcome dropped", label, extra=self.extra(msg))
@@ -254,10 +248,7 @@ class TaskRunner:
 
     def _write(self, action: Callable[[], Any], msg: StreamMessage) -> Any:
         try:
-            try:
-                return action()  # the usual case, without building a retry loop
-            except QueueConnectionError:
-                return self._persist(action)
+            return self._persist(action)
         except QueueConnectionError as exc:
             self.metrics.redis_errors.labels("outcome").inc()
             log.error("outcome not recorded, entry left pending: %s", exc, extra=self.extra(msg))
@@ -276,11 +267,24 @@ class TaskRunner:
         }
 
 
-def _guarded(call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise QueueConnectionError(f"Redis unavailable ({type(exc).__name__}: {exc})") from exc
+class Persist:
+    """How outcomes are written: once, and on a lost Redis connection again with back-off for up to a
+    lease, never past the shutdown deadline (``give_up``); after that the entry stays pending for a
+    restart or a reclaim. The retry loop is built only when a write fails."""
+
+    def __init__(self, lease_timeout: float, give_up: threading.Event) -> None:
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(QueueConnectionError),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            stop=stop_after_delay(lease_timeout) | stop_when_event_set(give_up),
+            reraise=True,
+        )
+
+    def __call__(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except QueueConnectionError:
+            return self._retrying(action)
 
 
 def _item_dict(item: crawler_pb2.Item) -> dict[str, object]:

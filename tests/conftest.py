@@ -15,6 +15,7 @@ import redis
 
 from scheduler.redis_server import RedisServer
 from tests.crawler_fixtures import crawler_process, crawler_stub  # noqa: F401
+from tests.e2e.support import Daemons
 
 
 def _server_binaries() -> list[str]:
@@ -93,10 +94,8 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
 
 
 @pytest.fixture
-def daemons(tmp_path: Path, redis_server: RedisServer, r: redis.Redis) -> Iterator[object]:
+def daemons(tmp_path: Path, redis_server: RedisServer, r: redis.Redis) -> Iterator[Callable[..., Daemons]]:
     """Factory of ``goodshunter-scheduler run`` subprocesses against the session Redis (see tests/e2e)."""
-    from tests.e2e.support import Daemons
-
     made: list[Daemons] = []
 
     def make(crawler_addr: str, redis_url: str | None = None, **env: str) -> Daemons:

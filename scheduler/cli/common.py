@@ -67,6 +67,21 @@ def consumer_for(settings: Settings, client: redis.Redis) -> Consumer:
     )
 
 
+Handler = Callable[[argparse.Namespace, Settings, redis.Redis], int]
+
+
+def connected(handler: Handler) -> Command:
+    """A subcommand that needs Redis: settings from --config and the environment, a Redis that answers,
+    the package's errors as one line and an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        settings = settings_from(args)
+        client = redis_from(settings)
+        return guard(lambda: handler(args, settings, client))
+
+    return run
+
+
 def guard(call: Callable[[], int]) -> int:
     """Turn the package's errors into one clear line and the right exit code."""
     try:

@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -27,9 +27,8 @@ from scheduler.cli.common import (
     Command,
     Subparsers,
     add_config_option,
-    guard,
+    connected,
     print_json,
-    redis_from,
     settings_from,
 )
 from scheduler.config import Settings, compact_duration
@@ -131,20 +130,6 @@ def describe_payload(raw: bytes | None, settings: Settings, missing: str) -> dic
     except InvalidMessageError as exc:
         return {"task_id": None, "action": None, "retry": None, "problem": f"invalid: {exc.reason}"}
     return {"task_id": msg.task_id, "action": msg.action, "retry": msg.retry, "problem": None}
-
-
-Handler = Callable[[argparse.Namespace, Settings, redis.Redis], int]
-
-
-def connected(handler: Handler) -> Command:
-    """Settings from --config and the environment, a Redis that answers, errors as one line."""
-
-    def run(args: argparse.Namespace) -> int:
-        settings = settings_from(args)
-        client = redis_from(settings)
-        return guard(lambda: handler(args, settings, client))
-
-    return run
 
 
 # -- stats ------------------------------------------------------------------------------------------------

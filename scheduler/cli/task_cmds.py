@@ -18,6 +18,7 @@ from scheduler.cli.common import (
     CliError,
     Subparsers,
     add_config_option,
+    connected,
     guard,
     print_json,
     redis_from,
@@ -115,37 +116,28 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=task_list)
 
 
-def submit(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    client = redis_from(settings)
-
-    def go() -> int:
-        registry = RedisTaskRegistry(client)
-        unknown = [t for t in args.task_ids if registry.get(t) is None]
-        ids = Producer(client, stream=settings.task_queue_stream).submit_many(args.task_ids, args.source)
-        for task_id, entry_id in zip(args.task_ids, ids, strict=True):
-            print(f"{task_id}\t{entry_id}")
-        if unknown:
-            shown = ", ".join(map(str, unknown))
-            print(f"warning: not registered, the daemon will skip them: {shown}", file=sys.stderr)
-        return EXIT_OK
-
-    return guard(go)
+@connected
+def submit(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
+    known = RedisTaskRegistry(client).registered(args.task_ids)
+    unknown = [t for t, registered in zip(args.task_ids, known, strict=True) if not registered]
+    ids = Producer(client, stream=settings.task_queue_stream).submit_many(args.task_ids, args.source)
+    for task_id, entry_id in zip(args.task_ids, ids, strict=True):
+        print(f"{task_id}\t{entry_id}")
+    if unknown:
+        shown = ", ".join(map(str, unknown))
+        print(f"warning: not registered, the daemon will skip them: {shown}", file=sys.stderr)
+    return EXIT_OK
 
 
-def stop(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    client = redis_from(settings)
-
-    def go() -> int:
-        lifecycle = Lifecycle(settings, client)
-        for task_id in args.task_ids:
-            known = lifecycle.stop(task_id, who="cli")
-            entry_id = Producer(client, stream=settings.task_queue_stream).stop_task(task_id)
-            print(f"{task_id}\t{entry_id}" + ("" if known else "\t(not registered)"))
-        return EXIT_OK
-
-    return guard(go)
+@connected
+def stop(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
+    lifecycle = Lifecycle(settings, client)
+    producer = Producer(client, stream=settings.task_queue_stream)
+    for task_id in args.task_ids:
+        known = lifecycle.stop(task_id, who="cli")
+        entry_id = producer.stop_task(task_id)
+        print(f"{task_id}\t{entry_id}" + ("" if known else "\t(not registered)"))
+    return EXIT_OK
 
 
 def _spec_from_args(args: argparse.Namespace) -> TaskSpec:
@@ -250,62 +242,47 @@ def _spec_from_json(obj: Any, no_run: bool) -> TaskSpec:
     return TaskSpec(task_id=obj["id"], interval_s=interval, **fields)
 
 
-def task_delete(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    client = redis_from(settings)
-
-    def go() -> int:
-        lifecycle = Lifecycle(settings, client)
-        missing = [t for t in args.task_ids if not lifecycle.delete(t, who="cli delete")]
-        for task_id in args.task_ids:
-            print(f"task {task_id}: " + ("not registered" if task_id in missing else "deleted"))
-        return EXIT_NOT_FOUND if missing else EXIT_OK
-
-    return guard(go)
+@connected
+def task_delete(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
+    lifecycle = Lifecycle(settings, client)
+    missing = [t for t in args.task_ids if not lifecycle.delete(t, who="cli delete")]
+    for task_id in args.task_ids:
+        print(f"task {task_id}: " + ("not registered" if task_id in missing else "deleted"))
+    return EXIT_NOT_FOUND if missing else EXIT_OK
 
 
-def task_show(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    client = redis_from(settings)
+@connected
+def task_show(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
+    spec = RedisTaskRegistry(client).get(args.task_id)
+    if spec is None:
+        raise CliError(f"task {args.task_id} is not registered", EXIT_NOT_FOUND)
+    info = _describe(settings, client, [spec])[0]
+    if args.json:
+        print_json(info)
+    else:
+        width = max(map(len, info))
+        for key, value in info.items():
+            print(f"{key:<{width}}  {'' if value is None else value}")
+    return EXIT_OK
 
-    def go() -> int:
-        spec = RedisTaskRegistry(client).get(args.task_id)
-        if spec is None:
-            raise CliError(f"task {args.task_id} is not registered", EXIT_NOT_FOUND)
-        info = _describe(settings, client, [spec])[0]
-        if args.json:
-            print_json(info)
-        else:
-            width = max(map(len, info))
-            for key, value in info.items():
-                print(f"{key:<{width}}  {'' if value is None else value}")
+
+@connected
+def task_list(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
+    rows = _describe(settings, client, RedisTaskRegistry(client).list())
+    if args.json:
+        print_json(rows)
         return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
 
-    return guard(go)
-
-
-def task_list(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    client = redis_from(settings)
-
-    def go() -> int:
-        rows = _describe(settings, client, RedisTaskRegistry(client).list())
-        if args.json:
-            print_json(rows)
-            return EXIT_OK
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("id", "keyword", "platform", "status", "every", "last crawl", "next run")
-        for row in rows:
-            table.add_row(
-                str(row["task_id"]), str(row["keyword"]), str(row["platform"]), str(row["status"]),
-                str(row["every"]), str(row["last_crawl"] or "-"), str(row["next_run"] or "-"),
-            )  # fmt: skip
-        Console().print(table)
-        return EXIT_OK
-
-    return guard(go)
+    table = Table("id", "keyword", "platform", "status", "every", "last crawl", "next run")
+    for row in rows:
+        table.add_row(
+            str(row["task_id"]), str(row["keyword"]), str(row["platform"]), str(row["status"]),
+            str(row["every"]), str(row["last_crawl"] or "-"), str(row["next_run"] or "-"),
+        )  # fmt: skip
+    Console().print(table)
+    return EXIT_OK
 
 
 def _describe(settings: Settings, client: redis.Redis, specs: Iterable[TaskSpec]) -> list[dict[str, object]]:

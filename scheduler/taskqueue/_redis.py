@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -34,8 +34,3 @@ def connection_errors(what: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise QueueConnectionError(f"{what}: Redis unavailable ({type(exc).__name__}: {exc})") from exc
-
-
-def guarded(what: str, call: Callable[[], T]) -> T:
-    with connection_errors(what):
-        return call()

@@ -74,7 +74,6 @@ def task_spec_key(task_id: int) -> str:
 
 
 TASK_INDEX_KEY: Final = "goodshunter:task:ids"
-STATS_KEY_PREFIX: Final = "goodshunter:stats"
 
 
 def crawl_status_key(task_id: int) -> str:

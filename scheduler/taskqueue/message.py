@@ -20,7 +20,6 @@ from scheduler.taskqueue.keys import DEFAULT_MAX_ENTRY_BYTES
 
 Action = Literal["execute", "stop"]
 ACTIONS: Final = ("execute", "stop")
-KNOWN_SOURCES: Final = ("user_create", "periodic", "system", "unknown")
 
 TASK_ID_MAX: Final = 2**63 - 1
 RETRY_MAX: Final = 1_000_000

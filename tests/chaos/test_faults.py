@@ -13,17 +13,20 @@ import redis
 
 from scheduler.redis_server import RedisServer, free_port
 from scheduler.registry import TaskSpec
-from tests.crawler_fixtures import STUB_SCRIPT
-from tests.e2e.support import dead_letters, pending_count, read_calls, register, statuses, wait_until
+from tests.crawler_fixtures import STUB_SCRIPT, StubProcess
+from tests.e2e.support import Daemons, dead_letters, pending_count, read_calls, register, statuses, wait_until
 
 
 def test_kill_9_of_one_daemon_loses_nothing_and_duplicates_at_most_its_in_flight(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log), "--delay-ms", "150")
-    group = daemons(crawler.address)  # type: ignore[attr-defined]
-    victim, survivor = group.start("d1", workers=4), group.start("d2", workers=4)  # type: ignore[attr-defined]
+    group = daemons(crawler.address)
+    victim, survivor = group.start("d1", workers=4), group.start("d2", workers=4)
     tasks = range(1, 121)
     register(r, [TaskSpec(task_id, f"item {task_id}") for task_id in tasks])
     wait_until(lambda: len(read_calls(calls_log)) >= 30, 15, what="work under way")
@@ -41,7 +44,7 @@ def test_kill_9_of_one_daemon_loses_nothing_and_duplicates_at_most_its_in_flight
 
 
 def test_crawler_down_for_ten_seconds_dead_letters_nothing(
-    r: redis.Redis, daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis, daemons: Callable[..., Daemons], tmp_path: Path
 ) -> None:
     port = free_port()
     calls_log = tmp_path / "calls.jsonl"
@@ -55,7 +58,7 @@ def test_crawler_down_for_ten_seconds_dead_letters_nothing(
 
     stub = crawler()
     try:
-        daemon = daemons(f"127.0.0.1:{port}").start("d1", workers=4)  # type: ignore[attr-defined]
+        daemon = daemons(f"127.0.0.1:{port}").start("d1", workers=4)
         tasks = range(1, 61)
         register(r, [TaskSpec(task_id, f"item {task_id}") for task_id in tasks])
         wait_until(lambda: len(read_calls(calls_log)) >= 8, 10, what="some crawls before the outage")
@@ -75,15 +78,15 @@ def test_crawler_down_for_ten_seconds_dead_letters_nothing(
 
 def test_redis_killed_and_restarted_every_acknowledged_submission_is_crawled(
     redis_factory: Callable[..., RedisServer],
-    crawler_process: Callable[..., object],
-    daemons: Callable[..., object],
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
     tmp_path: Path,
 ) -> None:
     server = redis_factory(appendonly=True)
     client = server.client()
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log), "--delay-ms", "20")
-    daemon = daemons(crawler.address, redis_url=server.url).start("d1", workers=4)  # type: ignore[attr-defined]
+    daemon = daemons(crawler.address, redis_url=server.url).start("d1", workers=4)
     register(client, [TaskSpec(task_id, f"item {task_id}") for task_id in range(1, 51)])
     wait_until(lambda: len(read_calls(calls_log)) >= 10, 10, what="crawls before the crash")
 
@@ -108,14 +111,14 @@ def test_redis_killed_and_restarted_every_acknowledged_submission_is_crawled(
 
 def test_shutdown_stays_within_the_grace_period_when_redis_is_gone(
     redis_factory: Callable[..., RedisServer],
-    crawler_process: Callable[..., object],
-    daemons: Callable[..., object],
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
 ) -> None:
     server = redis_factory(appendonly=True)
     crawler = crawler_process("--delay-ms", "1500")
     daemon = daemons(
         crawler.address, redis_url=server.url, APP_SHUTDOWN_GRACE="3s", APP_LEASE_TIMEOUT="10s"
-    ).start("d1", workers=2)  # type: ignore[attr-defined]
+    ).start("d1", workers=2)
     register(server.client(), [TaskSpec(1, "a"), TaskSpec(2, "b")])
     wait_until(
         lambda: int(server.client().xpending("goodshunter:task:queue", "scheduler_group")["pending"]) == 2, 5

@@ -12,7 +12,9 @@ from pathlib import Path
 import redis
 
 from scheduler.registry import TaskSpec
+from tests.crawler_fixtures import StubProcess
 from tests.e2e.support import (
+    Daemons,
     dead_letters,
     pending_count,
     read_calls,
@@ -24,12 +26,15 @@ from tests.e2e.support import (
 
 
 def test_two_daemons_crawl_2000_tasks_each_entry_acked_once(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
-    group = daemons(crawler.address)  # type: ignore[attr-defined]
-    first, second = group.start("d1", workers=16), group.start("d2", workers=16)  # type: ignore[attr-defined]
+    group = daemons(crawler.address)
+    first, second = group.start("d1", workers=16), group.start("d2", workers=16)
     ids = register(r, (TaskSpec(task_id, f"item {task_id}") for task_id in range(1, 2001)))
 
     wait_until(lambda: r.xlen("goodshunter:task:queue:results") >= 2000, 90, 0.2, "2000 results")
@@ -50,12 +55,15 @@ def test_two_daemons_crawl_2000_tasks_each_entry_acked_once(
 
 
 def test_retry_and_dead_letter_paths_follow_the_documented_call_counts(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
-    group = daemons(crawler.address)  # type: ignore[attr-defined]
-    daemon = group.start("d1")  # type: ignore[attr-defined]
+    group = daemons(crawler.address)
+    daemon = group.start("d1")
     register(r, [TaskSpec(1, "flaky;fail=UNKNOWN*2"), TaskSpec(2, "bad;fail=INVALID_ARGUMENT"),
                  TaskSpec(3, "down;fail=UNAVAILABLE")])  # fmt: skip
 
@@ -85,14 +93,17 @@ def test_retry_and_dead_letter_paths_follow_the_documented_call_counts(
 
 
 def test_hung_crawls_are_bounded_by_the_deadline_and_threads_stay_flat(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
     group = daemons(
         crawler.address, APP_CRAWLER_DEADLINE="500ms", APP_CRAWLER_ATTEMPTS="2", APP_MAX_RETRY="0"
-    )  # type: ignore[attr-defined]
-    daemon = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    )
+    daemon = group.start("d1", workers=4)
     # the pool starts its four threads lazily: fill it once before counting
     register(r, [TaskSpec(task_id, "warm up;delay=300") for task_id in range(1, 9)])
     wait_until(lambda: set(statuses(r, range(1, 9)).values()) == {"success"}, 10)
@@ -109,15 +120,18 @@ def test_hung_crawls_are_bounded_by_the_deadline_and_threads_stay_flat(
 
 
 def test_a_long_crawl_keeps_its_lease_and_is_not_reclaimed(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
-    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")  # type: ignore[attr-defined]
-    first = group.start("d1", workers=2)  # type: ignore[attr-defined]
+    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")
+    first = group.start("d1", workers=2)
     register(r, [TaskSpec(1, "slow;delay=3000")])  # 3 x lease_timeout
     wait_until(lambda: read_calls(calls_log), 5, what="crawl started")
-    second = group.start("d2", workers=2)  # type: ignore[attr-defined]
+    second = group.start("d2", workers=2)
     wait_until(lambda: statuses(r, [1])[1] == "success", 10)
     time.sleep(0.5)
     assert len(read_calls(calls_log)) == 1
@@ -127,11 +141,14 @@ def test_a_long_crawl_keeps_its_lease_and_is_not_reclaimed(
 
 
 def test_sigterm_finishes_in_flight_crawls_and_leaves_nothing_pending(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log), "--delay-ms", "700")
-    daemon = daemons(crawler.address).start("d1", workers=6)  # type: ignore[attr-defined]
+    daemon = daemons(crawler.address).start("d1", workers=6)
     register(r, [TaskSpec(task_id, f"item {task_id}") for task_id in range(1, 41)])
     wait_until(lambda: pending_count(r) >= 6, 5, what="six crawls in flight")
     daemon.signal(signal.SIGTERM)
@@ -145,17 +162,20 @@ def test_sigterm_finishes_in_flight_crawls_and_leaves_nothing_pending(
 
 
 def test_a_restart_after_the_lease_ran_out_runs_its_own_entries_once(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
-    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")  # type: ignore[attr-defined]
-    first = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")
+    first = group.start("d1", workers=4)
     register(r, [TaskSpec(task_id, f"slow {task_id};delay=1500") for task_id in range(1, 5)])
     wait_until(lambda: pending_count(r) == 4, 5, what="four crawls in flight")
     first.kill()
     time.sleep(1.5)  # longer than the lease: the entries are idle and still pending for d1
-    second = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    second = group.start("d1", workers=4)
     wait_until(lambda: set(statuses(r, range(1, 5)).values()) == {"success"}, 15)
     time.sleep(0.5)
     ok = Counter(int(c["task_id"]) for c in read_calls(calls_log) if c["code"] == "OK")
@@ -165,16 +185,19 @@ def test_a_restart_after_the_lease_ran_out_runs_its_own_entries_once(
 
 
 def test_leases_are_renewed_while_draining(
-    r: redis.Redis, crawler_process: Callable[..., object], daemons: Callable[..., object], tmp_path: Path
+    r: redis.Redis,
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
+    tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
-    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")  # type: ignore[attr-defined]
-    draining = group.start("d1", workers=2)  # type: ignore[attr-defined]
+    group = daemons(crawler.address, APP_LEASE_TIMEOUT="1s", APP_RECLAIM_INTERVAL="200ms")
+    draining = group.start("d1", workers=2)
     register(r, [TaskSpec(1, "long;delay=3500")])
     wait_until(lambda: pending_count(r) == 1, 5)
     draining.signal(signal.SIGTERM)
-    other = group.start("d2", workers=2)  # type: ignore[attr-defined]
+    other = group.start("d2", workers=2)
     assert draining.process.wait(15) == 0
     wait_until(lambda: statuses(r, [1])[1] == "success", 5)
     assert [c["code"] for c in read_calls(calls_log)] == ["OK"]  # not reclaimed mid-drain

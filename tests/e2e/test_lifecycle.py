@@ -16,7 +16,8 @@ from scheduler.config import load_settings
 from scheduler.lifecycle import Lifecycle
 from scheduler.redis_server import RedisServer
 from scheduler.registry import TaskSpec
-from tests.e2e.support import SCHEDULER, dead_letters, read_calls, statuses, wait_until
+from tests.crawler_fixtures import StubProcess
+from tests.e2e.support import SCHEDULER, Daemons, dead_letters, read_calls, statuses, wait_until
 
 
 def lifecycle(redis_server: RedisServer, client: redis.Redis) -> Lifecycle:
@@ -38,14 +39,14 @@ def calls_by_task(path: Path) -> dict[int, list[dict[str, float]]]:
 def test_three_daemons_run_each_task_once_per_period(
     r: redis.Redis,
     redis_server: RedisServer,
-    crawler_process: Callable[..., object],
-    daemons: Callable[..., object],
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
     tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log), "--delay-ms", "30")
-    group = daemons(crawler.address)  # type: ignore[attr-defined]
-    running = [group.start(f"d{i}", workers=8) for i in (1, 2, 3)]  # type: ignore[attr-defined]
+    group = daemons(crawler.address)
+    running = [group.start(f"d{i}", workers=8) for i in (1, 2, 3)]
     interval = 2.0
     lifecycle(redis_server, r).register(
         [TaskSpec(t, f"watch {t}", interval_s=interval) for t in range(1, 51)]
@@ -71,14 +72,14 @@ def test_three_daemons_run_each_task_once_per_period(
 def test_a_hung_run_is_not_published_again_and_a_stop_cancels_it(
     r: redis.Redis,
     redis_server: RedisServer,
-    crawler_process: Callable[..., object],
-    daemons: Callable[..., object],
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
     tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
-    group = daemons(crawler.address, APP_CRAWLER_DEADLINE="60s")  # type: ignore[attr-defined]
-    daemon = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    group = daemons(crawler.address, APP_CRAWLER_DEADLINE="60s")
+    daemon = group.start("d1", workers=4)
     assert (
         cli(redis_server, "task", "add", "--id", "77", "--keyword", "stuck;hang", "--every", "1s").returncode
         == 0
@@ -115,14 +116,14 @@ def test_a_hung_run_is_not_published_again_and_a_stop_cancels_it(
 def test_after_downtime_each_task_runs_once_then_on_its_period(
     r: redis.Redis,
     redis_server: RedisServer,
-    crawler_process: Callable[..., object],
-    daemons: Callable[..., object],
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
     tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log))
-    group = daemons(crawler.address)  # type: ignore[attr-defined]
-    first = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    group = daemons(crawler.address)
+    first = group.start("d1", workers=4)
     tasks = range(1, 11)
     lifecycle(redis_server, r).register([TaskSpec(t, f"k{t}", interval_s=1.0) for t in tasks])
     wait_until(lambda: all(len(c) >= 2 for c in calls_by_task(calls_log).values()) and
@@ -130,7 +131,7 @@ def test_after_downtime_each_task_runs_once_then_on_its_period(
     assert first.stop() == 0
     down_at = time.time()
     time.sleep(5)  # five periods missed
-    second = group.start("d1", workers=4)  # type: ignore[attr-defined]
+    second = group.start("d1", workers=4)
     up_at = time.time()
     time.sleep(2.6)
     assert second.stop() == 0
@@ -149,13 +150,13 @@ def test_after_downtime_each_task_runs_once_then_on_its_period(
 def test_a_burst_of_executes_for_an_idle_task_crawls_it_once(
     r: redis.Redis,
     redis_server: RedisServer,
-    crawler_process: Callable[..., object],
-    daemons: Callable[..., object],
+    crawler_process: Callable[..., StubProcess],
+    daemons: Callable[..., Daemons],
     tmp_path: Path,
 ) -> None:
     calls_log = tmp_path / "calls.jsonl"
     crawler = crawler_process("--calls-log", str(calls_log), "--delay-ms", "50")
-    daemon = daemons(crawler.address).start("d1", workers=8)  # type: ignore[attr-defined]
+    daemon = daemons(crawler.address).start("d1", workers=8)
     assert (
         cli(redis_server, "task", "add", "--id", "5", "--keyword", "camera", "--every", "1h").returncode == 0
     )
