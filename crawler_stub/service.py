@@ -25,6 +25,7 @@ class Call(TypedDict):
     code: str  # gRPC status name, "OK" for success
     ts: float  # unix time when the call arrived
     duration_ms: float
+    peer: str  # the client's address as gRPC reports it, e.g. ``ipv4:127.0.0.1:50312`` (which daemon)
 
 
 class CallRecorder:
@@ -138,6 +139,7 @@ class CrawlerServicer(crawler_pb2_grpc.CrawlerServiceServicer):
                 code=outcome["code"].name,
                 ts=arrived,
                 duration_ms=round((time.monotonic() - started) * 1000, 3),
+                peer=context.peer(),
             )
         )
         if outcome["response"] is None:

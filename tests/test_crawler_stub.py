@@ -180,7 +180,7 @@ def test_calls_log_is_one_json_line_per_call(tmp_path: Path) -> None:
         assert len(lines) == 1
         assert code_of(client, "fail=NOT_FOUND", "42") == "NOT_FOUND"
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [set(r) for r in records] == [{"task_id", "keyword", "code", "ts", "duration_ms"}] * 2
+    assert [set(r) for r in records] == [{"task_id", "keyword", "code", "ts", "duration_ms", "peer"}] * 2
     assert [(r["task_id"], r["keyword"], r["code"]) for r in records] == [
         ("41", "switch", "OK"),
         ("42", "fail=NOT_FOUND", "NOT_FOUND"),

@@ -1,0 +1,343 @@
+"""One scenario, start to end: servers, daemons, producer and faults, then quiescence and the checks."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from scheduler.chaos.checker import Call, check, parse_calls, parse_dead_letters
+from scheduler.chaos.cluster import GROUP, LEASE_TIMEOUT_S, STREAM, Cluster, Daemon
+from scheduler.chaos.faults import FAULTS, Deleted, Event, Injector
+from scheduler.chaos.procinfo import rss_kib, tcp_ports_to
+from scheduler.chaos.producer import Feeder, Recorder, Submit, make_workload
+from scheduler.chaos.proxy import FaultyProxy
+from scheduler.chaos.report import Row
+from scheduler.redis_server import free_port
+from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.taskqueue import keys
+
+IDLE_BASE = 8_000_000
+MIXED = ("client-kill", "proxy", "pause", "kill9", "sigstop", "sigterm", "crawler", "redis-restart", "trim")
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    **{name: (name,) for name in FAULTS},
+    "redis-restart-everysec": ("redis-restart",),
+    "backlog": ("backlog",),
+    "mixed": MIXED,
+}
+
+
+@dataclass
+class Options:
+    seconds: float = 20.0
+    daemons: int = 3
+    workers: int = 8
+    delay_ms: int = 100
+    rate: float = 15.0  # unique tasks submitted per second
+    shared: int = 5
+    backlog: int = 5000
+    keep: bool = False
+    quiet: bool = False
+
+
+class Run:
+    def __init__(
+        self, scenario: str, faults: tuple[str, ...], seed: str, opts: Options, command: str
+    ) -> None:
+        self.scenario, self.faults, self.seed, self.opts = scenario, faults, seed, opts
+        self.row = Row(scenario, seed, command)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"chaos-{scenario}-"))
+        everysec = scenario.endswith("everysec")
+        delay = 5 if "backlog" in faults else opts.delay_ms
+        self.cluster = Cluster(
+            self.tmp, opts.daemons, opts.workers, delay, "everysec" if everysec else "always"
+        )
+        self.proxy: FaultyProxy | None = None
+        self.stop = threading.Event()
+        self.deleted = Deleted()
+        self.redis_lock, self.daemon_lock, self._lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self.events: list[Event] = []
+        self.crashes: list[str] = []
+        self.port_owner: dict[int, str] = {}
+        self.rss_first: dict[str, int] = {}
+        self.rss_last: dict[str, int] = {}
+        self._idle_next = IDLE_BASE
+        self._admin: redis.Redis | None = None
+        self.recorder: Recorder | None = None
+        self._sampler_done = threading.Event()
+
+    # -- FaultContext ---------------------------------------------------------------------------
+
+    def admin(self) -> redis.Redis:
+        if self._admin is None:
+            self._admin = self.cluster.redis.client(socket_timeout=3, retry=Retry(NoBackoff(), 0))
+        return self._admin
+
+    def log(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+        if not self.opts.quiet and event.kind != "client-kill":
+            print(f"  [{self.scenario}] {event.kind} {event.victim or ''} {event.detail}", flush=True)
+
+    def crash(self, what: str) -> None:
+        with self._lock:
+            self.crashes.append(what)
+
+    def start_daemon(self, name: str | None) -> Daemon:
+        return self.cluster.start_daemon(name, wait=False)
+
+    def ports_of(self, daemon: Daemon) -> frozenset[int]:
+        ports = tcp_ports_to(daemon.pid, self.cluster.crawler.port)
+        for port in ports:
+            self.port_owner[port] = daemon.name
+        return ports
+
+    def idle(self) -> bool:
+        client = self.admin()
+        last: Any = client.xrevrange(STREAM, "+", "-", count=1)
+        groups = client.xinfo_groups(STREAM) if last else []
+        group = next((g for g in groups if _s(g["name"]) == GROUP), None)
+        if last and group is None:
+            return False
+        if group is not None and (
+            int(group["pending"]) or _id(_s(group["last-delivered-id"])) < _id(_s(last[0][0]))
+        ):
+            return False
+        return int(client.zcard(keys.delayed_set(STREAM))) == 0
+
+    def next_idle_task(self) -> int:
+        self._idle_next += 1
+        RedisTaskRegistry(self.admin()).put_many([TaskSpec(self._idle_next, f"idle {self._idle_next}")])
+        return self._idle_next
+
+    def submit(self, task_id: int) -> Submit:
+        assert self.recorder is not None
+        return self.recorder.submit(task_id)
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def _sample(self) -> None:
+        while not self._sampler_done.wait(0.5):
+            for daemon in list(self.cluster.live.values()):
+                rss = rss_kib(daemon.pid)
+                if rss is not None:
+                    self.rss_first.setdefault(daemon.name, rss)
+                    self.rss_last[daemon.name] = rss
+                try:
+                    self.ports_of(daemon)
+                except OSError:
+                    pass
+
+    def execute(self) -> Row:
+        started = time.monotonic()
+        try:
+            self._execute()
+        except KeyboardInterrupt:
+            self.row.error = "interrupted"
+            raise
+        except Exception as exc:  # a broken run is a row with an error, not a crash
+            self.row.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.stop.set()
+            self._sampler_done.set()
+            self.cluster.close()
+            if self.proxy is not None:
+                self.proxy.close()
+            if self.recorder is not None:
+                self.recorder.close()
+            self.row.seconds = round(time.monotonic() - started, 1)
+            if self.opts.keep or not self.row.ok:
+                self.row.details.setdefault("data", []).append(str(self.tmp))
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.row
+
+    def _execute(self) -> None:
+        opts, rng = self.opts, random.Random(f"{self.seed}:{self.scenario}:workload")
+        self.cluster.start_servers()
+        if "proxy" in self.faults:
+            self.proxy = FaultyProxy(free_port(), self.cluster.redis.port).start()
+            self.cluster.redis_url_for_daemons = self.proxy.url
+        backlog = "backlog" in self.faults
+        rate = opts.rate / 10 if "idle-kill" in self.faults else opts.rate  # idle moments to kill in
+        unique = opts.backlog if backlog else max(1, int(rate * opts.seconds))
+        work = make_workload(rng, unique, 0 if backlog else opts.shared, "crawler" in self.faults)
+        self.recorder = Recorder(self.cluster.redis.port)
+        self.recorder.register(work)
+        if backlog:
+            self.recorder.submit_bulk(list(range(1, unique + 1)))
+        for _ in range(opts.daemons):
+            self.cluster.start_daemon()
+        sampler = threading.Thread(target=self._sample, name="chaos-sampler", daemon=True)
+        sampler.start()
+        feeder = Feeder(
+            self.recorder, work, 0.0 if backlog else opts.seconds, rng, skip=unique if backlog else 0
+        )
+        injectors = [Injector(f, self, self.seed) for f in self.faults if f in FAULTS]
+        feeder.start()
+        for injector in injectors:
+            injector.start()
+        if backlog:
+            self._drain_with_kills(unique, Injector("kill9", self, self.seed))
+        feeder.join()
+        self.stop.set()
+        for injector in injectors:
+            injector.join(30)
+        self._restore()
+        self._settle(sampler)
+
+    def _drain_with_kills(self, total: int, killer: Injector) -> None:
+        for fraction in (0.3, 0.65):
+            deadline = time.monotonic() + 600
+            while self._runs_so_far() < total * fraction and time.monotonic() < deadline:
+                time.sleep(0.2)
+            killer.kill9(killer.victim(), (0.5, 1.5))
+        deadline = time.monotonic() + max(120.0, total / 100)
+        while time.monotonic() < deadline and not self._quiet_idle():
+            time.sleep(0.5)
+
+    def _runs_so_far(self) -> int:
+        path = self.cluster.crawler.calls_log
+        return path.read_bytes().count(b"\n") if path.exists() else 0
+
+    def _quiet_idle(self) -> bool:
+        try:
+            return self.idle()
+        except redis.RedisError:
+            return False
+
+    def _restore(self) -> None:
+        """Undo every fault still in effect; bring the daemon count back to the configured one."""
+        for daemon in list(self.cluster.live.values()):
+            self.cluster.signal_daemon(daemon, signal.SIGCONT)
+        if self.proxy is not None:
+            self.proxy.hold(False)
+            self.proxy.refuse(False)
+        if self.cluster.crawler.process is None or self.cluster.crawler.process.poll() is not None:
+            self.cluster.crawler.start()
+        if self.cluster.redis.process is None or self.cluster.redis.process.poll() is not None:
+            self.cluster.redis.restart()
+        try:
+            self.admin().client_unpause()
+        except redis.RedisError:
+            pass
+        while len(self.cluster.live) < self.opts.daemons:
+            self.cluster.start_daemon()
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline, streak = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            streak = streak + 1 if self._quiet_idle() else 0
+            if streak >= 4:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def _inflight_keys(self) -> list[str]:
+        return sorted(_s(k) for k in self.admin().scan_iter(match=f"{STREAM}:inflight:*", count=1000))
+
+    def _settle(self, sampler: threading.Thread) -> None:
+        assert self.recorder is not None
+        row = self.row
+        if not self._wait_idle(90.0):
+            row.details["stuck"].append("the queue never became idle within 90 s after the faults")
+        row.pending = _pending(self.admin())
+        markers = self._inflight_keys()
+        for key in markers[:20]:
+            row.details["stuck"].append(f"run marker left at rest: {key} = {_s(self.admin().get(key))}")
+        ids = sorted({s.task_id for s in self.recorder.submits})
+        rng = random.Random(f"{self.seed}:{self.scenario}:again")
+        sample = ids if len(ids) <= 2000 else sorted(rng.sample(ids, 2000))
+        row.stuck = len(markers) + self._again(sample)
+        self._wait_idle(30.0)
+        row.pending = max(row.pending, _pending(self.admin()))
+        self._sampler_done.set()
+        sampler.join(5)
+        row.rss_start_mib = max(self.rss_first.values(), default=0) / 1024
+        row.rss_end_mib = (
+            max((self.rss_last[n] for n in self.cluster.live if n in self.rss_last), default=0) / 1024
+        )
+        for daemon in list(self.cluster.live.values()):
+            code = self.cluster.stop_daemon(daemon)
+            if code != 0:
+                self.crash(f"{daemon.name}: final SIGTERM exit code {code}")
+        self._collect()
+
+    def _again(self, task_ids: list[int]) -> int:
+        """One more execute each, after the faults: every one must be crawled within lease + a few s."""
+        assert self.recorder is not None
+        RedisTaskRegistry(self.admin()).put_many([TaskSpec(t, f"again {t}") for t in task_ids])
+        since = time.time()
+        self.recorder.producer.submit_many(task_ids, "user_create")
+        capacity = self.opts.daemons * self.opts.workers
+        timeout = LEASE_TIMEOUT_S + 5 + 3 * len(task_ids) * self.cluster.delay_ms / 1000 / capacity
+        deadline, missing = time.monotonic() + timeout, set(task_ids)
+        while missing and time.monotonic() < deadline:
+            time.sleep(0.25)
+            done = {
+                c.task_id
+                for c in self._calls()
+                if c.keyword.startswith("again") and c.code == "OK" and c.start > since
+            }
+            missing -= done
+        for task_id in sorted(missing)[:20]:
+            self.row.details["stuck"].append(
+                f"task {task_id} not crawled within {timeout:.1f}s of a new execute"
+            )
+        return len(missing)
+
+    def _calls(self) -> list[Call]:
+        path = self.cluster.crawler.calls_log
+        return parse_calls(path.read_text(errors="replace").splitlines()) if path.exists() else []
+
+    def _collect(self) -> None:
+        assert self.recorder is not None
+        row = self.row
+        calls = [c for c in self._calls() if not c.keyword.startswith("again")]
+        dead = parse_dead_letters(self.admin().xrange(keys.dlq_stream(STREAM)) or [])
+        everysec = self.cluster.appendfsync == "everysec"
+        v = check(self.recorder.submits, calls, dead, self.events, self.port_owner, self.deleted, everysec)
+        row.submits, row.uncertain, row.crawls, row.lost = v.submits, v.uncertain, v.crawls, v.lost
+        row.deleted, row.aof_window, row.unexpected = v.deleted, v.aof_window, v.unexpected
+        row.duplicated, row.bound, row.dead_letters = v.duplicated, v.bound, v.dead_letters
+        for kind, lines in v.details.items():
+            row.details.setdefault(kind, []).extend(lines)
+        for daemon in self.cluster.all_daemons:
+            code = daemon.process.returncode
+            if code not in (0, None) and not daemon.expected_exit:
+                self.crash(f"{daemon.name}: exit code {code}")
+            text = daemon.log_path.read_text(errors="replace") if daemon.log_path.exists() else ""
+            for match in re.finditer(r"^.*Traceback.*$", text, re.MULTILINE):
+                self.crash(f"{daemon.name}: {match.group(0)[:300]}")
+        row.crashes = len(self.crashes)
+        row.details.setdefault("crash", []).extend(self.crashes)
+        for e in self.events:
+            row.events[e.kind] = row.events.get(e.kind, 0) + 1
+        row.details = {k: v for k, v in row.details.items() if v}
+
+
+def _pending(client: redis.Redis) -> int:
+    try:
+        return int(client.xpending(STREAM, GROUP)["pending"])
+    except redis.ResponseError:
+        return 0
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
