@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = Run(scenario, faults, seed, opts, cmd).execute()
             rows.append(row)
             print(f"   {row.verdict} in {row.seconds:.0f}s", flush=True)
+            if not row.ok:
+                print(failures([row]), flush=True)
     except KeyboardInterrupt:
         print("chaos: interrupted; every process of the run was killed", file=sys.stderr)
     print()

@@ -143,7 +143,10 @@ def check(
             runs[call.task_id].append(call)
     v.crawls = sum(len(x) for x in runs.values())
     dl_runs: dict[int, list[DeadLetter]] = defaultdict(list)
+    entry_task = {**deleted.tasks, **{s.entry_id: s.task_id for s in submits if s.entry_id}}
     for d in dead:
+        if d.task_id is None:  # payload_lost: the payload is gone, the entry id tells the task
+            d.task_id = entry_task.get(d.original_id)
         if d.task_id is not None:
             v.dead_letters += 1
             if not d.reason.startswith("permanent"):
@@ -153,13 +156,16 @@ def check(
     v.unexpected = len(strays)
     for c in strays[:20]:
         v.details["unexpected"].append(f"task {c.task_id} {c.code} at {c.start:.3f}")
-    removed = deleted.unread | deleted.pending
+    # tasks with an entry removed by a trim/DEL before anyone read it: their loss is the fault's
+    removed = {entry_task[e] for e in deleted.unread if e in entry_task}
     windows = [(e.t0 - EVERYSEC_WINDOW_S, e.t0) for e in events if e.kind == "redis-restart" and everysec]
     for task_id, mine in sorted(acked.items()):
         if task_id >= SHARED_BASE:
             _check_shared(v, task_id, mine, submits, runs[task_id])
         elif task_id not in uncertain:
-            _check_unique(v, task_id, mine, runs[task_id], dl_runs[task_id], removed, windows)
+            _check_unique(
+                v, task_id, mine, runs[task_id], dl_runs[task_id], (removed, deleted.pending), windows
+            )
     v.bound = _bound(events, runs, dl_runs, port_owner)
     return v
 
@@ -170,19 +176,23 @@ def _check_unique(
     executes: list[Submit],
     runs: list[Call],
     letters: list[DeadLetter],
-    removed: set[str],
+    removed_sets: tuple[set[int], set[str]],
     windows: list[tuple[float, float]],
 ) -> None:
+    removed, pending_at_del = removed_sets
     count = len(runs) + len(letters)
     if count == 0:
         first = executes[0]
-        if first.entry_id in removed:
+        if task_id in removed:
             v.deleted += 1
         elif any(low <= first.acked_at <= high for low, high in windows):
             v.aof_window += 1
         else:
             v.lost += 1
-            v.details["lost"].append(f"task {task_id} entry {first.entry_id} submitted at {first.ts:.3f}")
+            note = " (pending when the stream was deleted)" if first.entry_id in pending_at_del else ""
+            v.details["lost"].append(
+                f"task {task_id} entry {first.entry_id} submitted at {first.ts:.3f}{note}"
+            )
     if count > len(executes):
         v.duplicated += count - len(executes)
         shown = [f"{c.code}@{c.start:.3f}+{c.end - c.start:.2f}s port {c.port}" for c in runs]
@@ -199,8 +209,10 @@ def _check_shared(
             continue
         if not any(c.code == "OK" and c.start > s.ts for c in runs):
             v.lost += 1
+            during = [c for c in runs if c.start <= s.ts <= c.end + 0.05]
+            why = f" (a crawl started at {during[0].start:.3f} was in flight)" if during else ""
             v.details["lost"].append(
-                f"shared task {task_id}: execute {s.entry_id} at {s.ts:.3f} never crawled after it"
+                f"shared task {task_id}: execute {s.entry_id} at {s.ts:.3f} never crawled after it{why}"
             )
 
 

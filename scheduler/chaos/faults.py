@@ -7,6 +7,7 @@ not yet recorded). The checker turns these into the duplicate bound.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -44,7 +45,8 @@ class Deleted:
     """Entries removed by a trim/DEL fault before any consumer finished them."""
 
     unread: set[str] = field(default_factory=set)
-    pending: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)  # pending when the stream was DEL'd (noted, still lost)
+    tasks: dict[str, int] = field(default_factory=dict)  # entry id -> task id of every entry seen removed
 
 
 class Injector(threading.Thread):
@@ -119,6 +121,10 @@ class Injector(threading.Thread):
                 )
             held = set() if isinstance(pending, Exception) else {_text(p["message_id"]) for p in pending}
             ids = [_text(entry_id) for entry_id, _ in entries]
+            for entry_id, fields in entries:
+                task = _task_of(fields)
+                if task is not None:
+                    self.h.deleted.tasks[_text(entry_id)] = task
             unread = {e for e in ids if _id_key(e) > _id_key(last)}
             self.h.deleted.unread |= unread
             if delete:
@@ -160,8 +166,11 @@ class Injector(threading.Thread):
 
     # -- daemons and crawler ----------------------------------------------------------------------
 
-    def victim(self) -> Daemon | None:
+    def victim(self, ready: bool = False) -> Daemon | None:
+        """A random live daemon; ``ready``: only one that has written its heartbeat (signal handlers on)."""
         live = sorted(self.h.cluster.live.values(), key=lambda d: d.name)
+        if ready:
+            live = [d for d in live if self.h.ready(d)]
         return self.rng.choice(live) if live else None
 
     def restart(self, old: Daemon) -> None:
@@ -184,7 +193,7 @@ class Injector(threading.Thread):
             self.restart(daemon)
 
     def do_sigstop(self) -> None:
-        if not self.wait(3.0, 8.0) or (daemon := self.victim()) is None:
+        if not self.wait(3.0, 8.0) or (daemon := self.victim(ready=True)) is None:
             return
         long = self.rng.random() < 0.5
         pause = (
@@ -198,7 +207,7 @@ class Injector(threading.Thread):
         self.h.log(Event("sigstop", t0, t0, daemon.name, ports, risk=long, detail=f"{pause:.2f}s"))
 
     def do_sigterm(self) -> None:
-        if not self.wait(4.0, 9.0) or (daemon := self.victim()) is None:
+        if not self.wait(4.0, 9.0) or (daemon := self.victim(ready=True)) is None:
             return
         t0 = time.time()
         with self.h.daemon_lock:
@@ -227,6 +236,13 @@ class Injector(threading.Thread):
         self.kill9(self.victim(), (0.0, 0.5))
 
 
+def _task_of(fields: dict[bytes, bytes] | None) -> int | None:
+    try:
+        return int(json.loads((fields or {})[b"data"])["task_id"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -252,5 +268,6 @@ class FaultContext(Protocol):
     def start_daemon(self, name: str | None) -> Daemon: ...
     def ports_of(self, daemon: Daemon) -> frozenset[int]: ...
     def idle(self) -> bool: ...
+    def ready(self, daemon: Daemon) -> bool: ...
     def next_idle_task(self) -> int: ...
     def submit(self, task_id: int) -> object: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import re
 import shutil
@@ -11,12 +13,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from scheduler.chaos import state
 from scheduler.chaos.checker import Call, check, parse_calls, parse_dead_letters
 from scheduler.chaos.cluster import GROUP, LEASE_TIMEOUT_S, STREAM, Cluster, Daemon
 from scheduler.chaos.faults import FAULTS, Deleted, Event, Injector
@@ -104,17 +106,15 @@ class Run:
         return ports
 
     def idle(self) -> bool:
-        client = self.admin()
-        last: Any = client.xrevrange(STREAM, "+", "-", count=1)
-        groups = client.xinfo_groups(STREAM) if last else []
-        group = next((g for g in groups if _s(g["name"]) == GROUP), None)
-        if last and group is None:
+        return state.is_idle(self.admin())
+
+    def ready(self, daemon: Daemon) -> bool:
+        try:
+            return daemon.alive() and bool(
+                self.admin().exists(keys.heartbeat_key(STREAM, GROUP, daemon.name))
+            )
+        except redis.RedisError:
             return False
-        if group is not None and (
-            int(group["pending"]) or _id(_s(group["last-delivered-id"])) < _id(_s(last[0][0]))
-        ):
-            return False
-        return int(client.zcard(keys.delayed_set(STREAM))) == 0
 
     def next_idle_task(self) -> int:
         self._idle_next += 1
@@ -204,18 +204,12 @@ class Run:
                 time.sleep(0.2)
             killer.kill9(killer.victim(), (0.5, 1.5))
         deadline = time.monotonic() + max(120.0, total / 100)
-        while time.monotonic() < deadline and not self._quiet_idle():
+        while time.monotonic() < deadline and not state.quiet_idle(self.admin()):
             time.sleep(0.5)
 
     def _runs_so_far(self) -> int:
         path = self.cluster.crawler.calls_log
         return path.read_bytes().count(b"\n") if path.exists() else 0
-
-    def _quiet_idle(self) -> bool:
-        try:
-            return self.idle()
-        except redis.RedisError:
-            return False
 
     def _restore(self) -> None:
         """Undo every fault still in effect; bring the daemon count back to the configured one."""
@@ -235,33 +229,23 @@ class Run:
         while len(self.cluster.live) < self.opts.daemons:
             self.cluster.start_daemon()
 
-    def _wait_idle(self, timeout: float) -> bool:
-        deadline, streak = time.monotonic() + timeout, 0
-        while time.monotonic() < deadline:
-            streak = streak + 1 if self._quiet_idle() else 0
-            if streak >= 4:
-                return True
-            time.sleep(0.5)
-        return False
-
-    def _inflight_keys(self) -> list[str]:
-        return sorted(_s(k) for k in self.admin().scan_iter(match=f"{STREAM}:inflight:*", count=1000))
-
     def _settle(self, sampler: threading.Thread) -> None:
         assert self.recorder is not None
         row = self.row
-        if not self._wait_idle(90.0):
-            row.details["stuck"].append("the queue never became idle within 90 s after the faults")
-        row.pending = _pending(self.admin())
-        markers = self._inflight_keys()
-        for key in markers[:20]:
-            row.details["stuck"].append(f"run marker left at rest: {key} = {_s(self.admin().get(key))}")
+        if not state.wait_idle(self.admin(), 90.0):
+            row.details.setdefault("stuck", []).append(
+                "the queue never became idle within 90 s after the faults"
+            )
+        row.pending = state.pending(self.admin())
+        markers = state.run_markers(self.admin())
+        for key, value in list(markers.items())[:20]:
+            row.details.setdefault("stuck", []).append(f"run marker left at rest: {key} = {value}")
         ids = sorted({s.task_id for s in self.recorder.submits})
         rng = random.Random(f"{self.seed}:{self.scenario}:again")
         sample = ids if len(ids) <= 2000 else sorted(rng.sample(ids, 2000))
         row.stuck = len(markers) + self._again(sample)
-        self._wait_idle(30.0)
-        row.pending = max(row.pending, _pending(self.admin()))
+        state.wait_idle(self.admin(), 30.0)
+        row.pending = max(row.pending, state.pending(self.admin()))
         self._sampler_done.set()
         sampler.join(5)
         row.rss_start_mib = max(self.rss_first.values(), default=0) / 1024
@@ -292,7 +276,7 @@ class Run:
             }
             missing -= done
         for task_id in sorted(missing)[:20]:
-            self.row.details["stuck"].append(
+            self.row.details.setdefault("stuck", []).append(
                 f"task {task_id} not crawled within {timeout:.1f}s of a new execute"
             )
         return len(missing)
@@ -325,19 +309,13 @@ class Run:
         for e in self.events:
             row.events[e.kind] = row.events.get(e.kind, 0) + 1
         row.details = {k: v for k, v in row.details.items() if v}
+        self._dump()
 
-
-def _pending(client: redis.Redis) -> int:
-    try:
-        return int(client.xpending(STREAM, GROUP)["pending"])
-    except redis.ResponseError:
-        return 0
-
-
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    def _dump(self) -> None:
+        """The run's record beside its logs: submits and events as JSON lines (kept when a run fails)."""
+        assert self.recorder is not None
+        with open(self.tmp / "submits.jsonl", "w") as out:
+            out.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in self.recorder.submits)
+        with open(self.tmp / "events.jsonl", "w") as out:
+            for e in self.events:
+                out.write(json.dumps({**dataclasses.asdict(e), "ports": sorted(e.ports)}) + "\n")

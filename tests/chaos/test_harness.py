@@ -1,0 +1,90 @@
+"""The fault harness in CI: the checker on hand-made histories, then short scenarios with fixed seeds.
+
+Each scenario starts its own Redis, fake crawler and two daemons, runs a few seconds of one fault while
+tasks are submitted, then checks the total-queue properties of `scheduler.chaos.checker`. The long runs
+are `./dev chaos` (30 minutes of mixed faults) and `./dev chaos --quick` (every scenario, 20 s each).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.chaos import SCENARIOS, Options, Run
+from scheduler.chaos.checker import Call, DeadLetter, check
+from scheduler.chaos.faults import Deleted, Event
+from scheduler.chaos.producer import SHARED_BASE, Submit
+from scheduler.chaos.report import failures
+
+OPTIONS = Options(seconds=8.0, daemons=2, workers=4, delay_ms=80, rate=12.0, shared=3, quiet=True)
+
+
+def ok(task_id: int, start: float, port: int = 1) -> Call:
+    return Call(task_id, f"item {task_id}", "OK", start, start + 0.1, port)
+
+
+def test_checker_counts_lost_duplicated_unexpected_and_the_bound() -> None:
+    submits = [Submit(t, "execute", 10.0 + t, f"{t}-0", 10.0 + t) for t in (1, 2, 3, 4)]
+    calls = [
+        ok(1, 12.0),
+        ok(1, 14.0, port=2),  # a second run of task 1 by another daemon
+        Call(2, "x", "UNAVAILABLE", 12.5, 12.6, 1),  # a transient call: part of a run, not a run
+        ok(2, 12.7),
+        ok(99, 13.0),  # never submitted
+    ]
+    dead = [DeadLetter(None, "3-0", "payload_lost: entry was trimmed or deleted", 15.0)]  # ended by id
+    kill = Event("kill9", 12.15, 12.15, victim="d1", ports=frozenset({1}), risk=True)
+    v = check(submits, calls, dead, [kill], {1: "d1", 2: "d2"}, Deleted(), everysec=False)
+    # task 4 lost; 3 ended by its dead letter; only task 1's first run was in flight at the kill
+    assert (v.lost, v.unexpected, v.duplicated, v.bound) == (1, 1, 1, 1)
+    assert v.details["lost"] == ["task 4 entry 4-0 submitted at 14.000"]
+
+
+def test_checker_shared_task_execute_needs_a_crawl_after_it_unless_stopped_later() -> None:
+    t = SHARED_BASE
+    submits = [
+        Submit(t, "execute", 1.0, "a", 1.0),
+        Submit(t, "execute", 2.0, "b", 2.0),  # followed by a stop: excused
+        Submit(t, "stop", 3.0, "c", 3.0),
+        Submit(t, "execute", 4.0, "d", 4.0),  # only a crawl that started before it: lost
+    ]
+    calls = [ok(t, 1.5), ok(t, 3.95)]
+    v = check(submits, calls, [], [], {}, Deleted(), everysec=False)
+    assert v.lost == 1 and "execute d" in v.details["lost"][0] and "in flight" in v.details["lost"][0]
+
+
+def test_checker_entries_deleted_unread_are_the_faults_not_lost() -> None:
+    submits = [Submit(1, "execute", 1.0, "1-0", 1.0)]
+    deleted = Deleted(unread={"1-0"}, tasks={"1-0": 1})
+    v = check(submits, [], [], [], {}, deleted, everysec=False)
+    assert (v.lost, v.deleted) == (0, 1)
+
+
+def run(scenario: str, seed: str) -> None:
+    row = Run(scenario, SCENARIOS[scenario], seed, OPTIONS, f"test_harness {scenario} seed {seed}").execute()
+    report = failures([row])
+    assert not row.error, report
+    assert row.submits > 0 and row.crawls > 0, report
+    assert row.lost == 0, report
+    assert row.unexpected == 0, report
+    assert row.duplicated <= row.bound, report
+    assert row.stuck == 0, report
+    assert row.crashes == 0, report
+    assert row.pending == 0, report
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("name", "seed"),
+    [
+        ("kill9", "ci-1"),
+        ("sigstop", "ci-1"),
+        ("client-kill", "ci-1"),
+        ("proxy", "ci-1"),
+        ("redis-restart", "ci-1"),
+        ("crawler", "ci-1"),
+    ],
+)
+def test_scenario(name: str, seed: str) -> None:
+    run(name, seed)
