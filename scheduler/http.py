@@ -68,13 +68,35 @@ class StatusServer:
         except OSError as exc:
             where = f"{self.host}:{self._requested_port}"
             raise OSError(exc.errno, f"status server cannot listen on {where}: {exc.strerror}") from None
+        return self._serve()
+
+    def start_or_warn(self) -> StatusServer | None:
+        """``start()``, or one warning line and None: a status port already taken (a second daemon on
+        this host with the default port) costs /metrics, /healthz and /readyz, never the daemon's work;
+        the heartbeat still serves ``goodshunter-scheduler check``."""
+        try:
+            self._server = _Server(self, self.host, self._requested_port)
+        except OSError as exc:
+            log.warning(
+                "app.metrics_port %d: the status server cannot listen on %s:%d (%s); the daemon runs on "
+                "without /metrics, /healthz and /readyz (the heartbeat still answers `goodshunter-scheduler "
+                "check`): give each daemon on this host its own app.metrics_port (APP_METRICS_PORT), or 0 "
+                "for none",
+                self._requested_port, self.host, self._requested_port, exc.strerror or exc,
+                extra={"port": self._requested_port, "host": self.host},
+            )  # fmt: skip
+            return None
+        return self._serve()
+
+    def _serve(self) -> StatusServer:
+        assert self._server is not None
         # no retry: a probe answers within its timeout, and the next probe asks again
         self._probe = self.daemon.settings.redis_client(
             socket_timeout=PROBE_TIMEOUT_S,
             socket_connect_timeout=PROBE_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
-            client_name="goodshunter-scheduler-probe",
+            client_name=f"goodshunter-scheduler-probe:{self.daemon.settings.consumer_name}",
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True

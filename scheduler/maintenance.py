@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import redis
-
 from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
 from scheduler.crawler import CrawlerClient
 from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
+from scheduler.startup import held, release_unclaimed  # the consumer name claimed at start-up
 from scheduler.taskqueue import Consumer, keys
 from scheduler.taskqueue._redis import connection_errors, text
 from scheduler.timers import Job, heartbeat_payload
@@ -74,9 +73,15 @@ class Maintenance:
 
     def heartbeat(self) -> None:
         s = self.settings
-        payload = heartbeat_payload(s.consumer_name, self.busy(), s.worker_pool_size, self.breaker.state)
+        claim = held(self.redis, self.heartbeat_key)
+        payload = heartbeat_payload(s.consumer_name, self.busy(), s.worker_pool_size, self.breaker.state,
+                                    claim.identity if claim else None)  # fmt: skip
         with connection_errors("heartbeat"):
-            self.redis.set(self.heartbeat_key, payload, ex=max(1, int(s.heartbeat_interval * 3)))
+            old = self.redis.set(
+                self.heartbeat_key, payload, ex=max(1, int(s.heartbeat_interval * 3)), get=True
+            )
+        if claim is not None:
+            claim.overwrote(old)  # another daemon's heartbeat replaced: say so, once
 
     def refresh_gauges(self) -> None:
         s = self.settings
@@ -122,7 +127,10 @@ class Maintenance:
             log.info("removed idle consumers that owned nothing: %s", ", ".join(removed))
 
     def clear_heartbeat(self) -> None:
-        try:
-            self.redis.delete(self.heartbeat_key)
-        except redis.RedisError:
-            pass
+        """At shutdown: delete the heartbeat if it is still this daemon's (never a successor's, never
+        that of the live daemon a refused start-up found on this name)."""
+        claim = held(self.redis, self.heartbeat_key)
+        if claim is not None:
+            claim.release()
+        else:
+            release_unclaimed(self.redis, self.heartbeat_key)

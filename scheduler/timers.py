@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis
@@ -82,7 +82,12 @@ class TimerThread:
         job.due = now + (min(period, sooner) if sooner is not None else period)
 
 
-def heartbeat_payload(consumer: str, busy: int, workers: int, circuit: str) -> str:
+def heartbeat_payload(
+    consumer: str, busy: int, workers: int, circuit: str, identity: Mapping[str, object] | None = None
+) -> str:
+    """The heartbeat JSON: readers rely on ``ts`` (and ``busy``, ``workers``, ``circuit``); ``identity``
+    adds what tells this process from an earlier one on the same host and pid (``token``, ``boot_id``,
+    ``pid_ns``, ``started``: see scheduler/startup.py). Fields are only ever added."""
     return json.dumps(
         {
             "consumer": consumer,
@@ -92,6 +97,7 @@ def heartbeat_payload(consumer: str, busy: int, workers: int, circuit: str) -> s
             "busy": busy,
             "workers": workers,
             "circuit": circuit,
+            **(identity or {}),
         }
     )
 

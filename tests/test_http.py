@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -26,6 +27,8 @@ from scheduler.http import StatusServer
 from scheduler.lifecycle import Lifecycle
 from scheduler.redis_server import RedisServer, free_port
 from scheduler.registry import TaskSpec
+from scheduler.taskqueue import keys
+from scheduler.timers import read_heartbeat
 
 Response = tuple[int, dict[str, str], str]
 
@@ -256,3 +259,30 @@ def test_port_zero_picks_a_free_port_and_stop_releases_it(r: redis.Redis, redis_
     finally:
         again.stop()
         daemon.redis.close()
+
+
+def test_a_status_port_already_taken_is_one_warning_and_the_daemon_works(
+    r: redis.Redis,
+    redis_server: RedisServer,
+    crawler_stub: CrawlerStub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second daemon on this host with the default app.metrics_port: no status server, all its work."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings_for(redis_server.url, crawler_stub.address, APP_METRICS_PORT=str(port))
+        with caplog.at_level(logging.WARNING), running_daemon(settings) as daemon:
+            assert daemon._http is None
+            Lifecycle(settings, r).register([TaskSpec(7, "ok")])
+            wait_for(lambda: r.get("task:crawl_status:7") == b"success", 10, "the task crawled")
+            heartbeat = keys.heartbeat_key(
+                settings.task_queue_stream, settings.task_queue_group, "status-test"
+            )
+            assert (read_heartbeat(r.get(heartbeat)) or {}).get("workers") == 4  # `check` reads this
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        f"app.metrics_port {port}: the status server cannot listen on 127.0.0.1:{port}"
+    )

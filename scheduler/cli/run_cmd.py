@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
-from scheduler.cli.common import EXIT_OK, Subparsers, add_config_option, settings_from
+from scheduler.cli.common import EXIT_OK, CliError, Subparsers, add_config_option, settings_from
+from scheduler.config import Settings
 from scheduler.logsetup import configure_logging
+from scheduler.startup import StartupError
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Subparsers) -> None:
@@ -38,6 +43,24 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EXIT_OK
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
-    from scheduler.daemon import Daemon  # grpc and friends load only for the daemon
+    return start_and_run(settings)
 
-    return Daemon(settings).run()
+
+def start_and_run(settings: Settings) -> int:
+    """The daemon's run; a failure before it has started is one line and exit 1, never a traceback
+    (a refused password, a consumer name a live daemon holds, anything unforeseen)."""
+    daemon = None
+    try:
+        from scheduler.daemon import Daemon  # grpc and friends load only for the daemon
+
+        daemon = Daemon(settings)
+        return daemon.run()
+    except StartupError as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:
+        if daemon is not None and daemon.started.is_set():
+            raise  # a failure of a running daemon keeps its traceback
+        log.debug("start-up failed", exc_info=True)
+        raise CliError(
+            f"the daemon could not start: {type(exc).__name__}: {exc} (APP_LOG_LEVEL=debug logs the traceback)"
+        ) from None
