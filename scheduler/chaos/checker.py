@@ -11,7 +11,8 @@ Definitions, per task id:
   removed before they were finished count as *deleted*, and with ``appendfsync everysec`` submits
   acknowledged within the fsync window before a Redis kill count as the *AOF loss window*; neither fails.
 - *unexpected*: calls for a task id nobody submitted.
-- *duplicated*: runs of a unique task beyond the first.
+- *duplicated*: crawl runs (OK or permanent calls) of a unique task beyond one per acknowledged execute.
+  A dead letter of a task that was also crawled is noted, not counted (it is no second crawl).
 - *bound*: the runs that an event could legitimately repeat: those of the event's victim (every daemon
   for Redis restarts and outages) in flight during the event or finished within its window before it.
 """
@@ -166,7 +167,7 @@ def check(
             _check_unique(
                 v, task_id, mine, runs[task_id], dl_runs[task_id], (removed, deleted.pending), windows
             )
-    v.bound = _bound(events, runs, dl_runs, port_owner)
+    v.bound = _bound(events, runs, port_owner)
     return v
 
 
@@ -193,8 +194,12 @@ def _check_unique(
             v.details["lost"].append(
                 f"task {task_id} entry {first.entry_id} submitted at {first.ts:.3f}{note}"
             )
-    if count > len(executes):
-        v.duplicated += count - len(executes)
+    if runs and letters:
+        v.details["ended twice (noted)"].append(
+            f"task {task_id}: crawled OK and dead-lettered ({letters[0].reason[:60]})"
+        )
+    if len(runs) > len(executes):  # crawls only: a dead letter ends a submit but is no crawl
+        v.duplicated += len(runs) - len(executes)
         shown = [f"{c.code}@{c.start:.3f}+{c.end - c.start:.2f}s port {c.port}" for c in runs]
         shown += [f"dlq {d.reason[:40]}" for d in letters]
         v.details["duplicated"].append(f"task {task_id}: " + ", ".join(shown))
@@ -219,7 +224,6 @@ def _check_shared(
 def _bound(
     events: list[Event],
     runs: dict[int, list[Call]],
-    dl_runs: dict[int, list[DeadLetter]],
     port_owner: dict[int, str],
 ) -> int:
     risky = [e for e in events if e.risk]
@@ -234,8 +238,4 @@ def _bound(
                 if mine and c.start <= e.t1 and c.end >= e.t0 - e.window:
                     at_risk.add((task_id, index))
                     break
-    for task_id, letters in dl_runs.items():
-        for index, d in enumerate(letters):
-            if any(e.t0 - e.window <= d.at <= e.t1 + e.window for e in risky):
-                at_risk.add((task_id, -1 - index))
     return len(at_risk)

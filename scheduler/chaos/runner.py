@@ -109,11 +109,12 @@ class Run:
         return state.is_idle(self.admin())
 
     def ready(self, daemon: Daemon) -> bool:
+        """Alive and has written a heartbeat since it started (a restart under the same name finds the
+        old process's key still there): its signal handlers are installed."""
         try:
-            return daemon.alive() and bool(
-                self.admin().exists(keys.heartbeat_key(STREAM, GROUP, daemon.name))
-            )
-        except redis.RedisError:
+            raw = self.admin().get(keys.heartbeat_key(STREAM, GROUP, daemon.name))
+            return daemon.alive() and raw is not None and float(json.loads(raw)["ts"]) > daemon.started_at
+        except (redis.RedisError, ValueError, KeyError, TypeError):
             return False
 
     def next_idle_task(self) -> int:
