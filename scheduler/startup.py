@@ -188,8 +188,9 @@ def judge(beat: dict[str, object]) -> tuple[Verdict, str]:
     if not isinstance(host, str) or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return "unknown", "a daemon whose heartbeat names no host and pid"
     who = f"pid {pid} on {host}"
+    token = beat.get("token")
     with _LIVE_LOCK:
-        if beat.get("token") in _LIVE:
+        if isinstance(token, str) and token in _LIVE:
             return "alive", f"{who} (a daemon in this same process)"
     mine = _machine()
     if host != socket.gethostname() or any(
@@ -299,9 +300,11 @@ def prepare(
     stopping: threading.Event,
     *,
     preload: Callable[[], None] | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> NameClaim | None:
     """Wait for Redis (back-off), check its password and ACL, run ``preload`` (the Lua scripts), claim the
-    consumer name. None: asked to stop while waiting. Raises StartupError on what waiting cannot fix."""
+    consumer name. None: asked to stop while waiting. Raises StartupError on what waiting cannot fix.
+    ``waiting`` is called before each wait for Redis (the daemon answers its probes meanwhile)."""
     target = settings.redis_target()
     failures = 0
     while not stopping.is_set():
@@ -333,6 +336,8 @@ def prepare(
                     "%.1fs",
                     target, type(exc).__name__, exc, delay,
                 )  # fmt: skip
+            if waiting is not None:
+                waiting()
             stopping.wait(delay)
             continue
         if failures:

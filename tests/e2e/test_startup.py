@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,6 +70,14 @@ def check(env: dict[str, str], name: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SCHEDULER), "check", "--consumer", name], env=env, capture_output=True, text=True, timeout=20
     )
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def one_error_line(stderr: str) -> str:
@@ -173,12 +183,16 @@ def test_a_redis_not_up_at_start_is_waited_for_and_a_stop_meanwhile_exits_0(
     processes: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
-    port = free_port()
+    port, status_port = free_port(), free_port()
     env = env_for(f"redis://127.0.0.1:{port}/0", "127.0.0.1:1")
-    early, early_err = spawn(processes, env, tmp_path, "early", "--consumer", "early")
+    status = {"APP_METRICS_HOST": "127.0.0.1", "APP_METRICS_PORT": str(status_port)}
+    early, early_err = spawn(processes, {**env, **status}, tmp_path, "early", "--consumer", "early")
     quitter, _ = spawn(processes, env, tmp_path, "quitter", "--consumer", "quitter")
     time.sleep(2.0)
     assert early.poll() is None and quitter.poll() is None  # waiting, not failed
+    # meanwhile its probes answer: alive (no restart by a liveness probe), not ready
+    assert http_status(status_port, "/healthz") == 200
+    assert http_status(status_port, "/readyz") == 503
     quitter.send_signal(signal.SIGTERM)
     assert quitter.wait(10) == 0
     server = redis_factory(appendonly=False, port=port)
