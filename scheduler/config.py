@@ -399,6 +399,11 @@ class Settings:
     seen_ttl: float = _app(
         604800.0, Duration(above=0), "How long a task remembers items it has already reported."
     )
+    seen_items_per_task: int = _app(
+        2000,
+        Integer(1, 1_000_000),
+        "Items a task remembers for new-item detection: the most recently seen are kept, older ones forgotten.",
+    )
     max_entry_bytes: int = _app(
         keys.DEFAULT_MAX_ENTRY_BYTES,
         Integer(1024, 16 * MiB),

@@ -25,22 +25,24 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
 from scheduler.crawler import CrawlerClient
-from scheduler.errors import InvalidMessageError, QueueConnectionError
+from scheduler.errors import QueueConnectionError
 from scheduler.holdings import Holdings
-from scheduler.lifecycle import Lifecycle
+from scheduler.lifecycle import Lifecycle, RunRequest, Verdict
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import Metrics
-from scheduler.outcomes import OutcomeWriter
+from scheduler.outcomes import LeavePending, Outcome, Outcomes, Skip
 from scheduler.registry import TaskSpec
-from scheduler.taskqueue import Consumer, StreamMessage, keys
-from scheduler.taskqueue._redis import connection_errors, text
-from scheduler.taskqueue.message import decode
+from scheduler.taskqueue import Consumer, StreamMessage
+from scheduler.taskqueue._redis import connection_errors
+from scheduler.taskqueue.endings import Limits
 from scheduler.timers import Job, TimerThread
-from scheduler.worker import HANDED, Running, Slots, TaskRunner
+from scheduler.worker import Running, Slots, TaskRunner
 
 if TYPE_CHECKING:
     from scheduler.http import StatusServer
@@ -63,10 +65,14 @@ class Daemon:
         self.settings = s = settings
         # A socket timeout a few seconds past the read's BLOCK: a Redis that vanishes without closing
         # connections is noticed in seconds, well inside the 30 s liveness window, not after minutes.
+        # No transparent retries: redis-py would re-send a command whose reply was lost, and a read or a
+        # reclaim sent twice strands the first reply's entries. Every caller handles the error itself
+        # (docs/ARCHITECTURE.md lists, per Redis call, how).
         self.redis = redis_client or s.redis_client(
             client_name=f"goodshunter-scheduler:{s.consumer_name}",
             socket_timeout=BLOCK_MS / 1000 + 4,
             socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
         )
         self.metrics = metrics or Metrics()
         self.crawler = crawler or CrawlerClient(
@@ -84,6 +90,8 @@ class Daemon:
             open_seconds=s.breaker_open_duration,
             on_change=lambda _old, new: self.metrics.set_circuit(new),  # the breaker logs transitions
         )
+        self.lifecycle = Lifecycle(s, self.redis)
+        self.registry = self.lifecycle.registry
         self.consumer = Consumer(
             self.redis,
             None,
@@ -91,21 +99,25 @@ class Daemon:
             s.task_queue_group,
             s.consumer_name,
             max_entry_bytes=s.max_entry_bytes,
-            dlq_maxlen=s.dlq_maxlen,
             max_deliveries=s.max_deliveries,
-            on_dead_letter=self._dead_lettered,
+            limits=Limits(
+                receipt_ttl_ms=int(max(120.0, 4 * s.lease_timeout) * 1000),
+                seen_ttl_ms=int(s.seen_ttl * 1000),
+                seen_items_per_task=s.seen_items_per_task,
+                results_maxlen=s.results_maxlen,
+                dlq_maxlen=s.dlq_maxlen,
+                lock_ttl_ms=self.lifecycle.lock_ttl_ms,
+            ),
+            count_dead_letter=lambda category: self.metrics.dead_letters.labels(category).inc(),
         )
-        self.lifecycle = Lifecycle(s, self.redis, self.consumer.scripts)
         self.slots = Slots(s.worker_pool_size)
         self.handle_signals = handle_signals
-        self.holdings = Holdings(self.consumer, self.metrics)
+        self.holdings = Holdings(self.consumer, self.metrics, self.registry)
         self._stopping = threading.Event()  # stop reading (and the maintenance timers)
         self._forced = threading.Event()  # give up the drain: cancel crawls, stop retrying writes
         self._halt = threading.Event()  # after the drain: stop renewing leases, stop hearing stops
-        self.writer = OutcomeWriter(s, self.consumer, self.lifecycle, self.metrics, finished=self.holdings.forget,
-                                    give_up=self._forced)  # fmt: skip
-        self.runner = TaskRunner(s, self.consumer, self.crawler, self.breaker, self.metrics, self.lifecycle,
-                                 record=self.writer.submit, on_stop=self.stop_task, give_up=self._forced)  # fmt: skip
+        self.writer = Outcomes(s, self.consumer, self.metrics, self.holdings, give_up=self._forced)
+        self.runner = TaskRunner(s, self.crawler, self.breaker, self.metrics, self.lifecycle)
         self.maintenance = Maintenance(
             s,
             self.consumer,
@@ -123,6 +135,9 @@ class Daemon:
         self._next_health = 0.0
         self._redis_failures = 0
         self._batch: list[StreamMessage] = []  # read, slots reserved, not yet started
+        # A read, reclaim or batch whose reply was lost or dropped may have left entries in this consumer's
+        # pending list that no thread holds: take them up before reading on.
+        self._recover = False
         self.last_loop = time.monotonic()  # /healthz: the loop is turning
         self.started = threading.Event()
 
@@ -130,10 +145,32 @@ class Daemon:
 
     def start(self) -> None:
         s = self.settings
+        from scheduler.http import StatusServer
+        from scheduler.startup import prepare
+
+        http_tried: list[bool] = []
+
+        def waiting() -> None:  # Redis not up yet: meanwhile /healthz says live, /readyz not ready
+            self.last_loop = time.monotonic()
+            if s.metrics_port and not http_tried:
+                http_tried.append(True)
+                self._http = StatusServer(self, s.metrics_host, s.metrics_port).start_or_warn()
+
+        # Before any work: Redis answers (waited for), takes the password and ACL (StartupError if not),
+        # the Lua scripts are loaded, and the consumer name is ours (StartupError while a live daemon
+        # holds it). None: a stop came while waiting; nothing was started.
         try:
-            self.consumer.scripts.load()  # so the first batch does not meet NOSCRIPT
-        except redis.RedisError as exc:
-            log.warning("could not load the Lua scripts yet (%s); they load on first use", exc)
+            claim = prepare(
+                s, self.redis, self._stopping, preload=self.consumer.scripts.load, waiting=waiting
+            )
+        except BaseException:
+            if self._http is not None:
+                self._http.stop()  # refused or failed: nothing stays behind
+            raise
+        if claim is None:  # a stop came while waiting: nothing else was started
+            if self._http is not None:
+                self._http.stop()
+            return
         self.crawler.start()
         self._executor = ThreadPoolExecutor(s.worker_pool_size, thread_name_prefix="worker")
         self.writer.start()
@@ -150,10 +187,9 @@ class Daemon:
             target=self.holdings.listen, args=(self._halt,), name="control", daemon=True
         )
         self._control.start()
-        if s.metrics_port:
-            from scheduler.http import StatusServer
-
-            self._http = StatusServer(self, s.metrics_host, s.metrics_port).start()
+        if s.metrics_port and not http_tried:
+            # a port already taken is one warning naming app.metrics_port, and the daemon works on
+            self._http = StatusServer(self, s.metrics_host, s.metrics_port).start_or_warn()
         log.info(
             "daemon started",
             extra={
@@ -171,7 +207,14 @@ class Daemon:
         """Start, loop until asked to stop, drain, close. Returns the process exit code (0)."""
         if self.handle_signals:
             self._install_signal_handlers()
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.redis.close()
+            raise
+        if not self.started.is_set():  # stopped while waiting for Redis
+            self.redis.close()
+            return 0
         try:
             self._loop()
         finally:
@@ -255,11 +298,13 @@ class Daemon:
                 self._redis_down(exc)
             except Exception:
                 log.exception("read loop error; continuing")
+                self._recover = True
                 self._stopping.wait(1.0)
 
     def _turn(self) -> None:
-        if self._batch:  # read in the previous round-trip, slots reserved: handle it, read on
-            self._batch = self._advance(self._batch, read_more=True)
+        if self._batch:  # read in the previous round-trip, slots reserved: start it, read on
+            batch, self._batch = self._batch, []  # out of hand first: whatever fails, never started twice
+            self._batch = self._advance(batch, read_more=True)
             return
         free = self._free(wait=0.5)
         if free <= 0 or self._stopping.is_set():
@@ -275,14 +320,18 @@ class Daemon:
         if probe:
             free = 1  # a crawler without a health service: one probe task decides
         messages: list[StreamMessage] = []
+        if self.writer.left_pending.is_set():
+            self.writer.left_pending.clear()
+            self._recover = True
+        if self._recover and not self.consumer.resuming:
+            messages = self._recovered(free)
         # own pending entries come back through the resume read, never through reclaim
-        if not self.consumer.resuming and time.monotonic() >= self._next_reclaim:
+        if not messages and not self.consumer.resuming and time.monotonic() >= self._next_reclaim:
             messages = self._reclaim(free)
         if not messages:
             messages = self.consumer.read(free, block_ms=BLOCK_MS)
         if messages:
             self.slots.take(len(messages))
-            self._batch = messages  # kept in hand if the round-trip below fails: retried next turn
             self._batch = self._advance(messages, read_more=not probe, probe=probe)
 
     def _free(self, wait: float = 0.0) -> int:
@@ -305,6 +354,16 @@ class Daemon:
             return False
         return True
 
+    def _recovered(self, count: int) -> list[StreamMessage]:
+        messages = self.consumer.recover(count, held=self.holdings.ids())
+        self._recover = len(messages) >= count  # there may be more
+        if messages:
+            self.metrics.recovered.inc(len(messages))
+            log.warning(
+                "took up %d entries left in this consumer's pending list by a lost reply", len(messages)
+            )
+        return messages
+
     def _reclaim(self, count: int) -> list[StreamMessage]:
         self._next_reclaim = time.monotonic() + self.settings.reclaim_interval
         messages = self.consumer.reclaim(int(self.settings.lease_timeout * 1000), count)
@@ -319,65 +378,54 @@ class Daemon:
     ) -> list[StreamMessage]:
         """Start the messages in hand (their slots reserved) and, in the same round-trip, read the next
         batch for the slots still free: under load the read loop costs one round-trip per batch.
-        Returns the next batch, its slots reserved."""
+        Returns the next batch, its slots reserved. On an error nothing is started twice: what was not
+        handed on stays pending, and the next turn recovers it."""
         messages, held = self.holdings.split(messages)  # an entry already held is never started twice
         for _ in held:
             self.slots.give()
         reading = read_more and not self._stopping.is_set() and not self.consumer.resuming
         more = self._free() if reading and self.breaker.state == "closed" else 0
-        specs, verdicts, next_reply = self._classify(messages, more)
-        self._dispatch(messages, specs, verdicts, probe)
-        upcoming = self.consumer.accept(next_reply) if more else []
+        try:
+            specs, verdicts, locked_ms, next_reply = self._classify(messages, more)
+        except BaseException:
+            for _ in messages:
+                self.slots.give()
+            self._recover = True
+            raise
+        self._dispatch(messages, specs, verdicts, locked_ms, probe)
+        if not more:
+            return []
+        try:
+            upcoming = self.consumer.accept(next_reply)
+        except BaseException:
+            self._recover = True
+            raise
         self.slots.take(len(upcoming))
         return upcoming
 
-    def _dispatch(
-        self,
-        messages: list[StreamMessage],
-        specs: dict[int, TaskSpec | None],
-        verdicts: dict[str, str],
-        probe: bool,
-    ) -> None:
-        ended: list[tuple[StreamMessage, str]] = []
-        assert self._executor is not None
-        for msg in messages:
-            spec = specs.get(msg.message.task_id)
-            if msg.message.action == "execute":
-                if spec is None or (spec.status == "stopped" and not _restarts(msg, spec)):
-                    ended.append((msg, "skipped"))
-                    continue
-                if verdicts[msg.id] != "run":
-                    ended.append((msg, "duplicate"))
-                    continue
-            running = Running(msg, probe=probe)
-            self.holdings.add(running)
-            self.metrics.workers_busy.inc()
-            self._executor.submit(self._work, running, spec)
-        for _ in ended:
-            self.slots.give()
-        if ended:
-            self._end_at_once(ended)
-
     def _classify(
         self, messages: list[StreamMessage], read_next: int = 0
-    ) -> tuple[dict[int, TaskSpec | None], dict[str, str], object]:
-        """Specs and run claims of a whole batch, and optionally a non-blocking read of the next batch,
-        in one round-trip. Returns (specs, verdicts, the next read's raw reply)."""
+    ) -> tuple[dict[int, TaskSpec | None], dict[str, Verdict], int, object]:
+        """Specs and run locks of a whole batch, and optionally a non-blocking read of the next batch, in
+        one round-trip. Returns (specs, verdicts, Redis time of the locks in ms, the next read's reply)."""
         executes = [m for m in messages if m.message.action == "execute"]
         if not executes and not read_next:
-            return {}, {}, None
+            return {}, {}, 0, None
         ids = sorted({m.message.task_id for m in executes})
-        claims = [(m.message.task_id, m.id, m.message.retry) for m in executes]
+        requests = [
+            RunRequest(m.message.task_id, m.id, m.message.requested_ms(m.id), m.message.retry,
+                       m.message.source == "user_create")
+            for m in executes
+        ]  # fmt: skip
 
         def build(pipe: redis.Redis) -> None:
-            for task_id in ids:
-                pipe.hgetall(keys.task_spec_key(task_id))
-            if claims:
-                self.lifecycle.claim_batch(claims, pipe)  # a claim repeated by the same entry is a no-op
+            self.registry.queue_get_many(pipe, ids)
+            if requests:
+                self.lifecycle.lock_runs(requests, self.consumer.name, pipe)  # safe to run twice
             if read_next:
                 self.consumer.queue_read(pipe, read_next)
 
-        with connection_errors("read specs and claim runs"):
+        with connection_errors("read specs and take run locks"):
             replies = self.consumer.scripts.execute(build, raise_on_error=False)
         next_reply = replies.pop() if read_next else None
         if isinstance(next_reply, redis.ResponseError):  # NOGROUP after a flush: the next plain read fixes it
@@ -385,53 +433,59 @@ class Daemon:
             next_reply = None
         for reply in replies:
             if isinstance(reply, Exception):
-                raise reply
-        verdicts = replies.pop() if claims else []
-        raws = replies
-        specs: dict[int, TaskSpec | None] = {}
-        for task_id, raw in zip(ids, raws, strict=True):
+                raise reply  # the next read's entries, if any, are recovered next turn
+        locked_ms, verdicts = Lifecycle.verdicts(replies.pop()) if requests else (0, [])
+        specs = self.registry.parse_many(ids, replies)
+        return specs, {m.id: v for m, v in zip(executes, verdicts, strict=True)}, locked_ms, next_reply
+
+    def _dispatch(
+        self,
+        messages: list[StreamMessage],
+        specs: dict[int, TaskSpec | None],
+        verdicts: dict[str, Verdict],
+        locked_ms: int,
+        probe: bool,
+    ) -> None:
+        """Hand each message on: to a worker (a crawl or a stop), or straight to the writer (skips and
+        duplicates). No Redis call here, so nothing can fail half-way through a batch."""
+        assert self._executor is not None
+        for msg in messages:
+            spec = specs.get(msg.message.task_id)
+            outcome = _route(msg, spec, verdicts.get(msg.id))
+            running = Running(msg, probe=probe, started_ms=locked_ms)
+            if isinstance(outcome, LeavePending):  # no longer pending to this consumer: not ours to end
+                self.slots.give()
+                continue
+            self.holdings.add(running)
+            if outcome is not None:
+                self.slots.give()
+                self.writer.submit(running, outcome)
+                continue
+            if verdicts.get(msg.id) == "healed":
+                self.metrics.run_locks_healed.inc()
+                log.warning("run lock of task %d named no live run: taken over", msg.message.task_id)
+            self.metrics.workers_busy.inc()
             try:
-                specs[task_id] = TaskSpec.from_hash(task_id, raw) if raw else None
-            except (ValueError, TypeError) as exc:
-                log.error("task %d has an unreadable spec (%s); treated as unknown", task_id, exc)
-                specs[task_id] = None
-        return specs, {m.id: text(v) for m, v in zip(executes, verdicts, strict=True)}, next_reply
-
-    def _end_at_once(self, ended: list[tuple[StreamMessage, str]]) -> None:
-        """Skips (their claim released) and duplicates: acknowledged in one round-trip, counted."""
-
-        def build(pipe: redis.Redis) -> None:
-            for msg, label in ended:
-                if label == "skipped":
-                    self.lifecycle.release(msg.message.task_id, msg.id, None, pipe)
-            pipe.xack(self.consumer.stream, self.consumer.group, *(msg.id for msg, _ in ended))
-
-        with connection_errors("acknowledge skipped and duplicate entries"):
-            self.consumer.scripts.execute(build)
-        for msg, label in ended:
-            self.metrics.tasks_processed.labels(label).inc()
-            if label == "duplicate":
-                self.metrics.duplicates.inc()
-            log.info(
-                "task %s",
-                label,
-                extra={"task_id": msg.message.task_id, "entry_id": msg.id, "consumer": self.consumer.name,
-                       "outcome": label, "code": label.upper()},
-            )  # fmt: skip
+                self._executor.submit(self._work, running, spec)
+            except RuntimeError:  # the pool is shut down: left pending for a restart
+                self.metrics.workers_busy.dec()
+                self.slots.give()
+                self.holdings.forget(running)
 
     def _work(self, running: Running, spec: TaskSpec | None) -> None:
-        label = None
+        outcome: Outcome = LeavePending("worker error")
         try:
-            label = self.runner.run(running, spec)
+            outcome = self.runner.run(running, spec)
         except Exception:
-            log.exception("worker error; entry left pending for reclaim", extra={"entry_id": running.msg.id})
+            # left pending, not recovered at once (a bug would loop): a restart or a reclaim takes it up,
+            # and the delivery cap ends a crash loop
+            log.exception("worker error; entry left pending", extra={"entry_id": running.msg.id})
         finally:
-            # The worker is free at once: crawls never wait for the writer. A success's entry stays held
-            # (lease renewed) until the writer has recorded it and calls _forget.
+            # The worker is free at once: crawls never wait for the writer. The entry stays held (lease
+            # renewed) until the writer has ended it.
             self.metrics.workers_busy.dec()
             self.slots.give()
-            if label != HANDED:
-                self.holdings.forget(running)
+            self.writer.submit(running, outcome)
 
     def _start_batch_in_hand(self) -> None:
         """Entries already read when the stop came are started like any in-flight work (or, if Redis is
@@ -448,43 +502,34 @@ class Daemon:
 
     def _redis_down(self, exc: Exception) -> None:
         self._redis_failures += 1
+        self._recover = True  # a read whose reply was lost may have delivered entries to us
         self.metrics.redis_errors.labels("read").inc()
         delay = min(5.0, 0.1 * 2 ** min(self._redis_failures, 6)) * random.uniform(0.5, 1.0)
         if self._redis_failures == 1 or self._redis_failures % 10 == 0:
             log.warning("Redis error in read loop (%s); retrying in %.1fs", exc, delay)
         self._stopping.wait(delay)
 
-    # -- stops ----------------------------------------------------------------------------------------
 
-    def stop_task(self, task_id: int, why: str) -> None:
-        """A stop message: stop the task everywhere (the lifecycle tells the other daemons)."""
-        self.lifecycle.stop(task_id, who=why)
-        self.metrics.stops.inc()
-        self.holdings.cancel_task(task_id, "stopped")
-
-    # -- callbacks ----------------------------------------------------------------------------------------
-
-    def _dead_lettered(self, entry_id: str, reason: str, payload: bytes | str) -> None:
-        """Dead letters written by the consumer itself (poison, crash loops, lost payloads)."""
-        self.metrics.dead_letters.labels(reason.split(":", 1)[0]).inc()
-        task_id = _task_id_of(payload)
-        if task_id is not None:  # a crash-looping run must not keep its task's marker for an hour
-            try:
-                self.lifecycle.release(task_id, entry_id, None)
-            except redis.RedisError:
-                pass  # the marker's TTL is the backstop
+def _route(msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None) -> Outcome | None:
+    """What the read loop does with a message: None hands it to a worker (a crawl, or a stop)."""
+    if msg.message.action == "stop":
+        return None
+    if verdict == "gone":
+        return LeavePending("no longer pending to this consumer")
+    if spec is None:
+        return Skip("skipped")
+    if spec.status == "stopped" and not _restarts(msg, spec):
+        return Skip("skipped")
+    if verdict in ("duplicate", "satisfied"):
+        return Skip("duplicate")
+    return None
 
 
 def _restarts(msg: StreamMessage, spec: TaskSpec) -> bool:
-    """A user's execute made and added after the task was stopped starts it again (a re-enabled task).
-    One queued before the stop, or a replayed dead letter of an older request, does not."""
-    added = int(msg.id.split("-", 1)[0]) / 1000
-    made = msg.message.timestamp.timestamp()
-    return msg.message.source == "user_create" and min(added, made) > spec.updated_at
-
-
-def _task_id_of(payload: bytes | str) -> int | None:
-    try:
-        return decode(payload).task_id
-    except InvalidMessageError:
-        return None
+    """A user's execute made after the task was stopped starts it again (a re-enabled task). One made
+    before the stop (a retry keeps its first request's time), or a replayed dead letter of an older
+    request, does not. Both times are Redis' clock."""
+    task = msg.message
+    if task.source != "user_create" or (task.retry and not task.origin):  # a retry of unknown age: no
+        return False
+    return task.requested_ms(msg.id) > max(spec.status_ms, int(spec.updated_at * 1000))

@@ -10,16 +10,18 @@ import threading
 import redis
 
 from scheduler.metrics import Metrics
+from scheduler.registry import TaskRegistry
 from scheduler.taskqueue import Consumer, StreamMessage, keys
-from scheduler.taskqueue._redis import connection_errors, text
+from scheduler.taskqueue._redis import text
 from scheduler.worker import Running
 
 log = logging.getLogger(__name__)
 
 
 class Holdings:
-    def __init__(self, consumer: Consumer, metrics: Metrics) -> None:
+    def __init__(self, consumer: Consumer, metrics: Metrics, registry: TaskRegistry) -> None:
         self.consumer = consumer
+        self.registry = registry
         self.redis = consumer.redis
         self.metrics = metrics
         self._held: dict[str, Running] = {}  # entry id → what this daemon holds
@@ -38,6 +40,10 @@ class Holdings:
         with self._lock:
             if self._held.get(running.msg.id) is running:
                 del self._held[running.msg.id]
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            return set(self._held)
 
     def split(self, messages: list[StreamMessage]) -> tuple[list[StreamMessage], list[StreamMessage]]:
         """(not held yet, already held): an entry this daemon holds is never started twice."""
@@ -92,13 +98,8 @@ class Holdings:
             task_ids = sorted({r.msg.message.task_id for r in self._held.values() if r.cancel_reason is None})
         if not task_ids:
             return
-        with connection_errors("read task statuses"):
-            pipe = self.redis.pipeline(transaction=False)
-            for task_id in task_ids:
-                pipe.hget(keys.task_spec_key(task_id), "status")
-            statuses = pipe.execute()
-        for task_id, status in zip(task_ids, statuses, strict=True):
-            if status is not None and text(status) == "stopped":
+        for task_id, status in self.registry.statuses(task_ids).items():
+            if status == "stopped":
                 self.cancel_task(task_id, "stopped")
 
     # -- the control channel (its own thread) ---------------------------------------------------------

@@ -1,18 +1,21 @@
-"""Task lifecycle: registering, the periodic schedule, run markers, and stop.
+"""Task lifecycle: registering, the periodic schedule, run locks, and stop / re-enable / delete.
 
 A task's life: ``register`` stores its spec, puts it on the schedule (next run one interval from now) and
 publishes a ``user_create`` execute. Every daemon runs ``publish_due`` on a timer; the script publishes each
-due task exactly once per period, measured from the scheduled time. A per-task run marker, held from
+due task exactly once per period, measured from the scheduled time. A per-task **run lock**, held from
 publish (or first delivery) until the run ends, collapses duplicate executes and keeps the publisher from
-stacking runs behind a slow or failing crawler. ``stop`` marks the task stopped, takes it off the schedule
-and out of the delayed retries, and tells every daemon (pub/sub) to cancel a crawl of it in flight.
+stacking runs behind a slow or failing crawler; it counts only while the entry it names is queued,
+pending or parked, so a leaked lock costs one check, not its TTL.
+
+Status changes (``stop``, ``resume``, ``register``, ``delete``) are one script each, ordered by when the
+request was made on Redis' clock (a stop message's entry id), never by when a daemon got to it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -27,14 +30,26 @@ from scheduler.taskqueue.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
-ClaimResult = Literal["run", "duplicate", "satisfied"]
+Verdict = Literal["run", "healed", "duplicate", "satisfied", "gone"]
+Change = Literal["applied", "stale", "unknown"]
 
 
-def marker_ttl_s(settings: Settings) -> float:
-    """How long a run marker outlives a crashed holder: longer than any run can legitimately take (every
-    attempt of every retry, with back-off), and never under an hour or three periods."""
+def lock_ttl_s(settings: Settings) -> float:
+    """How long a run lock outlives a crashed holder at most (a leak is healed sooner, at the next
+    request): longer than any run can legitimately take, and never under an hour or three periods."""
     one_run = settings.crawler_attempts * settings.crawler_deadline + settings.retry_backoff_max
     return max(3600.0, 3 * settings.schedule_interval, (settings.max_retry + 1) * one_run)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """An execute entry asking for its task's run lock."""
+
+    task_id: int
+    entry_id: str
+    requested_ms: int  # when the request was made (its first entry's id time)
+    retry: int
+    by_user: bool  # source user_create: also orders later-processed stops
 
 
 class Lifecycle:
@@ -45,85 +60,85 @@ class Lifecycle:
         self.registry = RedisTaskRegistry(client)
         stream = settings.task_queue_stream
         self.stream = stream
+        self.group = settings.task_queue_group
         self.schedule = keys.schedule_set(stream)
         self.intervals = keys.intervals_hash(stream)
         self.last_success = keys.last_success_hash(stream)
-        self.marker_ttl_ms = int(marker_ttl_s(settings) * 1000)
+        self.delayed = keys.delayed_set(stream)
+        self.lock_ttl_ms = int(lock_ttl_s(settings) * 1000)
 
-    def marker(self, task_id: int) -> str:
-        return keys.inflight_key(self.stream, task_id)
+    def lock_key(self, task_id: int) -> str:
+        return keys.run_lock_key(self.stream, task_id)
 
-    # -- registering and stopping ---------------------------------------------------------------------
+    # -- status changes ---------------------------------------------------------------------------------
 
     def register(self, specs: Iterable[TaskSpec]) -> dict[int, str]:
         """Store specs; schedule the running ones and publish their first run. Returns task → entry id."""
         specs = list(specs)
         self.registry.put_many(specs)
-        running = [s for s in specs if s.status == "running"]
         with connection_errors("schedule tasks"):
             pipe = self.redis.pipeline(transaction=False)
-            now_ms = int(time.time() * 1000)
             for spec in specs:
-                self._drop_orphan_retry_marker(pipe, spec.task_id)
-                if spec.status == "running":
-                    interval_ms = int(self.interval_of(spec) * 1000)
-                    pipe.hset(self.intervals, str(spec.task_id), interval_ms)
-                    pipe.zadd(self.schedule, {str(spec.task_id): now_ms + interval_ms})
-                else:
-                    pipe.zrem(self.schedule, str(spec.task_id))
-                    pipe.hdel(self.intervals, str(spec.task_id))
+                op = "run" if spec.status == "running" else "stop"
+                self._queue_change(pipe, spec.task_id, op, None, "", self.interval_of(spec))
             pipe.execute()
+        running = [s for s in specs if s.status == "running"]
         ids = Producer(self.redis, stream=self.stream).submit_many(
             [s.task_id for s in running], "user_create"
         )
         return {spec.task_id: entry_id for spec, entry_id in zip(running, ids, strict=True)}
 
-    def resume(self, task_id: int) -> bool:
-        """A stopped task asked to run again (a ``user_create`` execute): running, back on the schedule."""
-        spec = self.registry.set_status(task_id, "running")
-        if spec is None:
-            return False
-        interval_ms = int(self.interval_of(spec) * 1000)
-        with connection_errors("schedule task"):
-            pipe = self.redis.pipeline(transaction=False)
-            self._drop_orphan_retry_marker(pipe, task_id)
-            pipe.hset(self.intervals, str(task_id), interval_ms)
-            pipe.zadd(self.schedule, {str(task_id): int(time.time() * 1000) + interval_ms})
-            pipe.execute()
-        log.info("task resumed", extra={"task_id": task_id})
-        return True
+    def resume(self, task_id: int, requested_ms: int | None = None) -> Change:
+        """A user asked a stopped task to run again: running, back on the schedule, unless a stop made
+        after ``requested_ms`` exists ('stale') or the task was deleted ('unknown')."""
+        change = self._change(task_id, "run", requested_ms, "")
+        if change == "applied":
+            log.info("task resumed", extra={"task_id": task_id})
+        return change
 
-    def stop(self, task_id: int, who: str) -> bool:
-        """Mark stopped, unschedule, drop parked retries, and tell every daemon. False if unregistered."""
-        spec = self.registry.set_status(task_id, "stopped", by=who)  # records stopped_by / stopped_at
-        with connection_errors(f"stop task {task_id}"):
-            removed = self.scripts.stop_task(
-                keys=[self.schedule, self.intervals, keys.delayed_set(self.stream), self.marker(task_id)],
-                args=[task_id],
-            )
-            self.redis.publish(keys.control_channel(self.stream), f"stop {task_id}")
+    def stop(self, task_id: int, who: str, requested_ms: int | None = None) -> Change:
+        """Mark stopped, unschedule, drop its parked retry and run lock, and tell every daemon (pub/sub),
+        unless a request to run it was made after ``requested_ms`` (then 'stale': nothing changes)."""
+        change = self._change(task_id, "stop", requested_ms, who)
         log.info(
-            "task stopped by %s",
+            "task stopped by %s"
+            if change != "stale"
+            else "stop by %s is older than the task's last start: ignored",
             who,
-            extra={
-                "task_id": task_id,
-                "stopped_by": who,
-                "known": spec is not None,
-                "retries_dropped": removed,
-            },
+            extra={"task_id": task_id, "stopped_by": who, "known": change != "unknown"},
         )
-        return spec is not None
-
-    def _drop_orphan_retry_marker(self, pipe: redis.Redis, task_id: int) -> None:
-        """A ``retry:`` marker whose retry no longer waits (stopped, or lost) would block the task's runs
-        until its TTL: starting the task clears it. A retry still parked keeps its marker."""
-        self.scripts.drop_orphan_marker(
-            keys=[self.marker(task_id), keys.delayed_set(self.stream)], args=[task_id], client=pipe
-        )
+        return change
 
     def delete(self, task_id: int, who: str) -> bool:
-        self.stop(task_id, who)
-        return self.registry.delete(task_id)
+        """Stop everywhere and forget the task (spec, schedule, seen items, last success)."""
+        return self._change(task_id, "delete", None, who) != "unknown"
+
+    def _change(self, task_id: int, op: str, requested_ms: int | None, who: str) -> Change:
+        with connection_errors(f"{op} task {task_id}"):
+            answer, _ = self._queue_change(self.redis, task_id, op, requested_ms, who)
+        return text(answer)  # type: ignore[return-value]
+
+    def _queue_change(
+        self, client: Any, task_id: int, op: str, requested_ms: int | None, who: str, interval_s: float = 0
+    ) -> Any:
+        keys_ = [
+            keys.task_spec_key(task_id),
+            self.schedule,
+            self.intervals,
+            self.delayed,
+            self.lock_key(task_id),
+            self.last_success,
+            keys.seen_items_key(self.stream, task_id),
+            keys.TASK_INDEX_KEY,
+            self.stream,
+            keys.run_requests_hash(self.stream),
+        ]
+        if op == "run" and not interval_s:
+            spec = self.registry.get(task_id)
+            interval_s = self.interval_of(spec) if spec else self.settings.schedule_interval
+        args = [task_id, op, "" if requested_ms is None else requested_ms, int(interval_s * 1000),
+                who[:200], self.group, keys.control_channel(self.stream)]  # fmt: skip
+        return self.scripts.run("set_status", keys_, args, client=client)
 
     def interval_of(self, spec: TaskSpec) -> float:
         return spec.interval_s or self.settings.schedule_interval
@@ -145,40 +160,30 @@ class Lifecycle:
         """Publish due runs; returns (published, skipped, seconds until the next is due)."""
         now_text = format_timestamp(datetime.now(UTC))
         with connection_errors("publish periodic runs"):
-            published, skipped, next_ms = self.scripts.publish_due(
-                keys=[self.schedule, self.intervals, self.stream],
-                args=[now_text, limit, keys.inflight_key(self.stream, 0)[:-1], self.marker_ttl_ms],
+            published, skipped, next_ms = self.scripts.run(
+                "publish_due",
+                [self.schedule, self.intervals, self.stream, self.delayed],
+                [now_text, limit, keys.run_lock_prefix(self.stream), self.lock_ttl_ms, self.group],
             )
         return int(published), int(skipped), (None if int(next_ms) < 0 else int(next_ms) / 1000)
 
-    # -- run markers (worker side) ----------------------------------------------------------------------
+    # -- run locks (the read loop) -----------------------------------------------------------------------
 
-    def claim(self, task_id: int, entry_id: str, retry: int) -> ClaimResult:
-        with connection_errors(f"claim run of task {task_id}"):
-            [verdict] = self.claim_batch([(task_id, entry_id, retry)])
-        return text(verdict)  # type: ignore[return-value]
-
-    def claim_batch(self, items: list[tuple[int, str, int]], pipe: redis.Redis | None = None) -> Any:
-        """Verdicts for (task id, entry id, retry) items, in one script call (queued on ``pipe`` if given).
-
-        A request's time is its entry id's (Redis' clock when it was added), so a producer's clock and a
-        message without a timestamp cannot make an execute look older than it is."""
-        keys_ = [self.last_success, *(self.marker(task_id) for task_id, _, _ in items)]
-        args: list[str | int] = [self.marker_ttl_ms]
-        for task_id, entry_id, retry in items:
-            args += [entry_id, task_id, entry_id.split("-", 1)[0], retry]
+    def lock_runs(self, requests: list[RunRequest], consumer: str, pipe: Any = None) -> Any:
+        """Queue (on ``pipe``) or run the run-lock script for these requests; ``verdicts`` reads the reply."""
+        keys_ = [self.stream, self.delayed, self.last_success, keys.run_requests_hash(self.stream),
+                 *(self.lock_key(r.task_id) for r in requests)]  # fmt: skip
+        args: list[str | int] = [self.group, consumer, self.lock_ttl_ms]
+        for r in requests:
+            args += [r.entry_id, r.task_id, r.requested_ms, r.retry, "1" if r.by_user else ""]
         if pipe is not None:
-            self.scripts.queue(pipe, "claim_batch", keys_, args)
+            self.scripts.queue(pipe, "lock_runs", keys_, args)
             return None
-        return self.scripts.run("claim_batch", keys_, args)
+        with connection_errors("take run locks"):
+            return self.scripts.run("lock_runs", keys_, args)
 
-    def release(
-        self, task_id: int, entry_id: str, succeeded_at_ms: int | None, pipe: redis.Redis | None = None
-    ) -> None:
-        """End the run's marker; may be queued on a caller's pipeline (one round-trip with the outcome)."""
-        keys_ = [self.marker(task_id), self.last_success]
-        args: list[str | int] = [entry_id, task_id, "" if succeeded_at_ms is None else succeeded_at_ms]
-        if pipe is not None:
-            self.scripts.queue(pipe, "release_run", keys_, args)
-        else:
-            self.scripts.run("release_run", keys_, args)
+    @staticmethod
+    def verdicts(reply: Any) -> tuple[int, list[Verdict]]:
+        """(Redis time in ms when the locks were taken, one verdict per request)."""
+        now_ms, *verdicts = reply
+        return int(now_ms), [text(v) for v in verdicts]  # type: ignore[misc]

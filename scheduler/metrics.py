@@ -62,6 +62,16 @@ class Metrics:
             "Entries reclaimed from consumers that stopped renewing.",
             registry=r,
         )
+        self.recovered = Counter(
+            "goodshunter_task_recovered",
+            "Entries taken up again from this daemon's own pending list after a lost reply or a failed batch.",
+            registry=r,
+        )
+        self.run_locks_healed = Counter(
+            "goodshunter_run_locks_healed",
+            "Run locks that named no live run (a leak) and were taken over.",
+            registry=r,
+        )
         self.workers = Gauge("goodshunter_worker_pool_size", "Worker threads in the pool.", registry=r)
         self.workers_busy = Gauge("goodshunter_worker_pool_busy", "Workers running a task now.", registry=r)
         # -- ours ----------------------------------------------------------------------------------------

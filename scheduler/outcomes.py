@@ -1,63 +1,172 @@
-"""The OutcomeWriter: records successful crawls in batches, one script call per batch.
+"""Every ending of an entry, in one place: outcomes as values, the retry policy, and the writer that turns
+each outcome into one ending (``taskqueue.endings``) and counts and logs it.
 
-Workers hand over a ``Done`` and go back to crawling; one thread takes everything waiting and records it
-with ``complete_batch.lua``: per entry, only while this consumer still holds it, results + status keys +
-run marker + last success, then XACK. At low load a batch is one outcome written at once; under load the
-batch grows and the per-task cost of Redis round-trips shrinks. The entry's worker slot (and its lease)
-is kept until its outcome is written or given up, so backpressure and lease renewal still cover it.
+The runner and the read loop hand over ``(Running, Outcome)``; one thread takes everything waiting and
+ends it with one script call per batch (results, status keys, run lock, receipt and XACK atomically per
+entry, only while this consumer still holds it). At low load a batch is one outcome written at once;
+under load the batch grows and the per-task cost of Redis round-trips shrinks. An entry stays held (its
+lease renewed) until its ending is written or given up; given up, it stays pending for this daemon's
+recovery, a restart or another daemon's reclaim.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from scheduler.config import Settings
-from scheduler.errors import QueueConnectionError
-from scheduler.lifecycle import Lifecycle
+from scheduler.errors import CrawlerError, QueueConnectionError
 from scheduler.metrics import Metrics
-from scheduler.taskqueue import Consumer, keys
-from scheduler.taskqueue._redis import connection_errors
-from scheduler.worker import Done, Persist, Running
+from scheduler.taskqueue import Consumer
+from scheduler.taskqueue.endings import NOT_HELD, Ending, acked, dead_lettered, retried, succeeded
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from scheduler.holdings import Holdings
+    from scheduler.worker import Running
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH = 200
 _CLOSE = object()
 
 
-class OutcomeWriter:
+# -- outcomes --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    status: str  # "success" or "no_items"
+    total_found: int
+    items_json: str
+    source_ids: list[str]
+    crawled_at: str
+    duration_s: float
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    delay_s: float
+    count_retry: bool  # False: a failed half-open probe, not the task's fault
+    error_text: str
+    code: str
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    error_text: str
+    code: str
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Acknowledged without a crawl: skipped (unknown or stopped task), duplicate, stop, cancelled."""
+
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeavePending:
+    """Not ended on purpose (shutdown, lease lost, no longer held): a restart, recovery or reclaim
+    takes the entry up again."""
+
+    why: str
+
+
+Outcome = Success | Retry | DeadLetter | Skip | LeavePending
+
+
+# -- the retry policy ------------------------------------------------------------------------------------
+
+
+def retry_delay(retry: int, base_s: float, max_s: float) -> float:
+    """Back-off before the ``retry``-th requeue: base * 2^(retry-1), capped, with equal jitter."""
+    ceiling: float = min(max_s, base_s * 2 ** max(0, retry - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def after_failure(settings: Settings, retry: int, exc: CrawlerError, probe: bool, seconds: float) -> Outcome:
+    """A transient failure is retried (with back-off) until ``max_retry``; a permanent one, or one past
+    the limit, is dead-lettered. A failed half-open probe says the crawler is still down, nothing about
+    the task: it goes back at once, no retry spent."""
+    error_text = f"{exc.code}: {exc.detail}"[:1000]
+    counts = not (probe and exc.transient)
+    if exc.transient and (retry < settings.max_retry or not counts):
+        delay = (
+            retry_delay(retry + 1, settings.retry_backoff_base, settings.retry_backoff_max) if counts else 0.0
+        )
+        return Retry(delay, counts, error_text, exc.code, seconds)
+    reason = f"{'max_retry' if exc.transient else 'permanent'}: {error_text}"
+    return DeadLetter(reason, error_text, exc.code, seconds)
+
+
+# -- the writer ------------------------------------------------------------------------------------------
+
+
+class Persist:
+    """How endings are written: once, and on a lost Redis connection again with back-off for up to a
+    lease (safe: an ending sent twice gives the same answer), never past the shutdown deadline
+    (``give_up``). The retry loop is built only when a write fails."""
+
+    def __init__(self, lease_timeout: float, give_up: threading.Event) -> None:
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(QueueConnectionError),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            stop=stop_after_delay(lease_timeout) | stop_when_event_set(give_up),
+            reraise=True,
+        )
+
+    def __call__(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except QueueConnectionError:
+            return self._retrying(action)
+
+
+class Outcomes:
     def __init__(
         self,
         settings: Settings,
         consumer: Consumer,
-        lifecycle: Lifecycle,
         metrics: Metrics,
-        *,
-        finished: Callable[[Running], None],
+        holdings: Holdings,
         give_up: threading.Event,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.lifecycle = lifecycle
         self.metrics = metrics
-        self.finished = finished
-        self.results = keys.results_stream(settings.task_queue_stream)
+        self.holdings = holdings
+        self.left_pending = threading.Event()  # an ending was given up: the read loop recovers the entries
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="outcomes", daemon=True)
         self._persist = Persist(settings.lease_timeout, give_up)
 
-    def start(self) -> OutcomeWriter:
+    def start(self) -> Outcomes:
         self._thread.start()
         return self
 
-    def submit(self, done: Done) -> None:
-        self._queue.put(done)
+    def submit(self, running: Running, outcome: Outcome) -> None:
+        """Hand over an outcome; the entry must be in ``holdings`` (it stays there until written)."""
+        self._queue.put((running, outcome))
 
     def close(self, timeout: float) -> None:
         """Write what is waiting, then stop."""
@@ -67,7 +176,7 @@ class OutcomeWriter:
     def _loop(self) -> None:
         closing = False
         while not closing:
-            batch: list[Done] = []
+            batch: list[tuple[Running, Outcome]] = []
             item = self._queue.get()
             while True:
                 if item is _CLOSE:
@@ -81,68 +190,87 @@ class OutcomeWriter:
                 except queue.Empty:
                     break
             if batch:
-                self._flush(batch)
+                try:
+                    self._flush(batch)
+                except Exception:
+                    log.exception("%d outcomes not recorded, entries left pending", len(batch))
+                    self.left_pending.set()
+                finally:
+                    for running, _ in batch:
+                        self.holdings.forget(running)
 
-    def _flush(self, batch: list[Done]) -> None:
+    def _flush(self, batch: list[tuple[Running, Outcome]]) -> None:
+        ending = [(r, o, self._ending(r, o)) for r, o in batch]
+        to_write = [e for _, _, e in ending if e is not None]
         try:
-            new_counts = self._persist(lambda: self._write(batch))
+            answers = iter(self._persist(lambda: self.consumer.ender.end(to_write)) if to_write else [])
         except (QueueConnectionError, redis.ResponseError) as exc:
             self.metrics.redis_errors.labels("outcome").inc()
-            log.error("%d outcomes not recorded, entries left pending: %s", len(batch), exc)
-            new_counts = None
-        except Exception:
-            log.exception("%d outcomes not recorded, entries left pending", len(batch))
-            new_counts = None
-        for index, done in enumerate(batch):
-            try:
-                if new_counts is not None:
-                    self._report(done, int(new_counts[index]))
-            finally:
-                self.finished(done.running)
+            log.error("%d outcomes not recorded, entries left pending: %s", len(to_write), exc)
+            self.left_pending.set()
+            return
+        for running, outcome, e in ending:
+            self._report(running, outcome, next(answers) if e is not None else None)
 
-    def _write(self, batch: list[Done]) -> Any:
-        s = self.settings
-        stream = s.task_queue_stream
-        keys_: list[str] = [stream, self.results, self.lifecycle.last_success]
-        args: list[str | int] = [s.task_queue_group, self.consumer.name, int(s.seen_ttl), s.results_maxlen,
-                              keys.STATUS_TTL_SECONDS]  # fmt: skip
-        for done in batch:
-            msg = done.running.msg
-            task_id = msg.message.task_id
-            keys_ += [
-                keys.seen_items_key(stream, task_id),
-                keys.crawl_status_key(task_id),
-                keys.crawl_message_key(task_id),
-                self.lifecycle.marker(task_id),
-            ]
-            args += [msg.id, task_id, done.status, done.total_found, done.crawled_at, done.items_json,
-                     done.running.crawl_started_ms, len(done.source_ids), *done.source_ids]  # fmt: skip
-        with connection_errors("record outcomes"):
-            return self.consumer.scripts.complete_batch(keys=keys_, args=args)
+    def _ending(self, running: Running, outcome: Outcome) -> Ending | None:
+        msg = running.msg
+        task_id = msg.message.task_id
+        if isinstance(outcome, Success):
+            return succeeded(msg.id, task_id, status=outcome.status, total_found=outcome.total_found,
+                             crawled_at=outcome.crawled_at, items_json=outcome.items_json,
+                             started_ms=running.started_ms, source_ids=outcome.source_ids)  # fmt: skip
+        if isinstance(outcome, Retry):
+            payload = msg.message.requeued(msg.id, outcome.count_retry).encode()
+            return retried(msg.id, task_id, payload, round(outcome.delay_s * 1000), outcome.error_text)
+        if isinstance(outcome, DeadLetter):
+            payload = msg.message.requeued(msg.id).encode()
+            return dead_lettered(msg.id, task_id, payload, outcome.reason, _now_text(), outcome.error_text)
+        if isinstance(outcome, Skip):
+            return acked(msg.id, task_id)
+        return None
 
-    def _report(self, done: Done, new_items: int) -> None:
-        msg = done.running.msg
-        self.metrics.processing_duration.observe(done.duration_s)
-        if new_items < 0:
-            log.warning(
-                "entry no longer held by this consumer: success not recorded twice",
-                extra={"task_id": msg.message.task_id, "entry_id": msg.id, "consumer": self.consumer.name},
-            )
+    def _report(self, running: Running, outcome: Outcome, answer: str | None) -> None:
+        msg = running.msg
+        extra: dict[str, object] = {"task_id": msg.message.task_id, "entry_id": msg.id,
+                                    "attempt": msg.message.retry + 1, "consumer": self.consumer.name}  # fmt: skip
+        if isinstance(outcome, LeavePending):
+            log.info("entry left pending (%s)", outcome.why, extra=extra)
+            return
+        if answer == NOT_HELD:
+            log.warning("entry no longer held by this consumer: outcome dropped", extra=extra)
             self.metrics.tasks_processed.labels("not_held").inc()
             return
-        self.metrics.tasks_processed.labels(done.status).inc()
-        log.info(
-            "task %s",
-            done.status,
-            extra={
-                "task_id": msg.message.task_id,
-                "entry_id": msg.id,
-                "attempt": msg.message.retry + 1,
-                "consumer": self.consumer.name,
-                "duration_ms": round(done.duration_s * 1000, 1),
-                "outcome": done.status,
-                "code": "OK",
-                "calls": done.calls,
-                "new_items": new_items,
-            },
-        )
+        m = self.metrics
+        level = logging.INFO
+        if isinstance(outcome, Success):
+            label = outcome.status
+            m.processing_duration.observe(outcome.duration_s)
+            new_items = int(answer.split(":", 1)[1]) if answer and answer.startswith("ok:") else 0
+            extra |= {"duration_ms": round(outcome.duration_s * 1000, 1), "code": "OK", "calls": outcome.calls,
+                      "new_items": new_items}  # fmt: skip
+        elif isinstance(outcome, Retry):
+            label = "requeued"
+            m.processing_duration.observe(outcome.duration_s)
+            if outcome.count_retry:
+                m.retries.inc()
+            extra |= {"duration_ms": round(outcome.duration_s * 1000, 1), "code": outcome.code}
+        elif isinstance(outcome, DeadLetter):
+            label, level = "dead_lettered", logging.WARNING
+            m.processing_duration.observe(outcome.duration_s)
+            m.dead_letters.labels(outcome.reason.split(":", 1)[0]).inc()
+            extra |= {"duration_ms": round(outcome.duration_s * 1000, 1), "code": outcome.code}
+        else:
+            label = outcome.label
+            if label == "duplicate":
+                m.duplicates.inc()
+            extra |= {"code": label.upper()}
+        m.tasks_processed.labels(label).inc()
+        log.log(level, "task %s", label, extra=extra | {"outcome": label})
+
+
+def _now_text() -> str:
+    from datetime import UTC, datetime
+
+    from scheduler.taskqueue.message import format_timestamp
+
+    return format_timestamp(datetime.now(UTC))

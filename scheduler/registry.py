@@ -6,6 +6,7 @@ SQL store can replace it later without touching the daemon.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -22,6 +23,8 @@ Platform = Literal["mercari", "yahoo_auction"]
 SortBy = Literal["created_time", "price", "score", "num_likes"]
 SortOrder = Literal["desc", "asc"]
 Status = Literal["running", "stopped"]
+
+log = logging.getLogger(__name__)
 
 MAX_KEYWORD_LEN: Final = 200
 MAX_PRICE: Final = 2**31 - 1
@@ -42,6 +45,9 @@ class TaskSpec:
     status: Status = "running"
     interval_s: float | None = None  # None: the daemon's schedule_interval
     updated_at: float = field(default_factory=time.time)
+    # when the request that set the status was made, on Redis' clock (0: not set yet); orders stops and
+    # re-enables by when they were made
+    status_ms: int = 0
 
     def __post_init__(self) -> None:
         check_task_id(self.task_id)
@@ -83,6 +89,8 @@ class TaskSpec:
         for name in ("min_price", "max_price", "limit"):
             if name in kwargs:
                 kwargs[name] = int(kwargs[name])
+        if "status_ms" in kwargs:
+            kwargs["status_ms"] = int(float(kwargs["status_ms"]))
         for name in ("interval_s", "updated_at"):
             if name in kwargs:
                 kwargs[name] = float(kwargs[name])
@@ -109,10 +117,11 @@ def _check_choice(name: str, value: object, choices: Any) -> None:
 
 class TaskRegistry(Protocol):
     def get(self, task_id: int) -> TaskSpec | None: ...
+    def queue_get_many(self, pipe: Any, task_ids: list[int]) -> None: ...
+    def parse_many(self, task_ids: list[int], replies: list[Any]) -> dict[int, TaskSpec | None]: ...
+    def statuses(self, task_ids: list[int]) -> dict[int, Status | None]: ...
     def registered(self, task_ids: list[int]) -> list[bool]: ...
-    def put(self, spec: TaskSpec) -> None: ...
     def put_many(self, specs: Iterable[TaskSpec]) -> int: ...
-    def set_status(self, task_id: int, status: Status, by: str = "") -> TaskSpec | None: ...
     def delete(self, task_id: int) -> bool: ...
     def list(self) -> list[TaskSpec]: ...
 
@@ -128,15 +137,39 @@ class RedisTaskRegistry:
             raw = self.redis.hgetall(keys.task_spec_key(task_id))
         return TaskSpec.from_hash(task_id, raw) if raw else None
 
+    def queue_get_many(self, pipe: Any, task_ids: list[int]) -> None:
+        """Queue the reads of these specs on a caller's pipeline (one round-trip with its other work)."""
+        for task_id in task_ids:
+            pipe.hgetall(keys.task_spec_key(task_id))
+
+    def parse_many(self, task_ids: list[int], replies: list[Any]) -> dict[int, TaskSpec | None]:
+        """The specs of ``queue_get_many``'s replies; an unreadable spec is logged and read as unknown."""
+        specs: dict[int, TaskSpec | None] = {}
+        for task_id, raw in zip(task_ids, replies, strict=True):
+            try:
+                specs[task_id] = TaskSpec.from_hash(task_id, raw) if raw else None
+            except (ValueError, TypeError) as exc:
+                log.error("task %d has an unreadable spec (%s); treated as unknown", task_id, exc)
+                specs[task_id] = None
+        return specs
+
+    def statuses(self, task_ids: list[int]) -> dict[int, Status | None]:
+        """Each task's status (None: unknown), in one round-trip."""
+        if not task_ids:
+            return {}
+        with connection_errors("read task statuses"):
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hget(keys.task_spec_key(task_id), "status")
+            replies = pipe.execute()
+        return {t: (text(v) if v is not None else None) for t, v in zip(task_ids, replies, strict=True)}  # type: ignore[misc]
+
     def registered(self, task_ids: list[int]) -> list[bool]:
         """Which of these ids have a spec, in one round-trip."""
         if not task_ids:
             return []
         with connection_errors("read the task index"):
             return [bool(found) for found in self.redis.smismember(keys.TASK_INDEX_KEY, task_ids)]
-
-    def put(self, spec: TaskSpec) -> None:
-        self.put_many([spec])
 
     def put_many(self, specs: Iterable[TaskSpec]) -> int:
         """Replace whole specs (a field left out goes back to its default), pipelined."""
@@ -152,19 +185,6 @@ class RedisTaskRegistry:
             if count:
                 pipe.execute()
         return count
-
-    def set_status(self, task_id: int, status: Status, by: str = "") -> TaskSpec | None:
-        """Set the status (and who set it: ``<status>_by`` / ``<status>_at``); None if unregistered."""
-        spec = self.get(task_id)
-        if spec is None:
-            return None
-        updated = spec.with_status(status)
-        fields = {"status": status, "updated_at": str(updated.updated_at)}
-        if by:
-            fields |= {f"{status}_by": by[:200], f"{status}_at": str(updated.updated_at)}
-        with connection_errors(f"update task {task_id}"):
-            self.redis.hset(keys.task_spec_key(task_id), mapping=fields)  # type: ignore[arg-type]
-        return updated
 
     def delete(self, task_id: int) -> bool:
         with connection_errors(f"delete task {task_id}"):

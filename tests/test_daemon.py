@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -66,7 +66,7 @@ def test_not_serving_opens_the_circuit_and_serving_closes_it(
 def test_unknown_and_stopped_tasks_are_acked_without_a_crawl(
     daemon: Daemon, crawler_stub: CrawlerStub, r: redis.Redis
 ) -> None:
-    RedisTaskRegistry(r).put(TaskSpec(5, "stopped one", status="stopped"))
+    RedisTaskRegistry(r).put_many([TaskSpec(5, "stopped one", status="stopped")])
     Producer(r).submit_many([404, 5], "periodic")
     wait_until(lambda: processed(daemon, "skipped") == 2, 5)
     assert crawler_stub.calls == [] and pending_count(r) == 0
@@ -77,8 +77,9 @@ def test_a_user_create_made_after_the_stop_restarts_the_task(
 ) -> None:
     life = Lifecycle(daemon.settings, r)
     life.register([TaskSpec(6, "x", status="stopped")])
-    old = TaskMessage(6, "execute", datetime.now(UTC) - timedelta(minutes=1), 0, "user_create")
-    Producer(r).publish(old)  # made before the stop was recorded: stays stopped
+    # a retry of a request made before the stop (its origin's time counts, not its re-add): stays stopped
+    old = TaskMessage(6, "execute", datetime.now(UTC), 1, "user_create", origin="1-0")
+    Producer(r).publish(old)
     wait_until(lambda: processed(daemon, "skipped") == 1, 5)
     assert crawler_stub.calls == []
     Producer(r).submit_task(6, "user_create")

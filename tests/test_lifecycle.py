@@ -6,10 +6,10 @@ import pytest
 import redis
 
 from scheduler.config import Settings, load_settings
-from scheduler.lifecycle import Lifecycle
+from scheduler.lifecycle import Lifecycle, RunRequest
 from scheduler.redis_server import RedisServer
 from scheduler.registry import RedisTaskRegistry, TaskSpec
-from scheduler.taskqueue import Consumer, keys
+from scheduler.taskqueue import Consumer, Producer, StreamMessage, TaskMessage, keys
 
 S = keys.DEFAULT_STREAM
 
@@ -82,60 +82,118 @@ def test_a_run_still_held_is_skipped_not_stacked(life: Lifecycle, r: redis.Redis
     r.hset(life.intervals, "3", 1000)
     r.zadd(life.schedule, {"3": int(time.time() * 1000) - 1})
     assert life.publish_due()[:2] == (1, 0)
-    entry_id = r.get(life.marker(3))
+    entry_id = r.get(life.lock_key(3))
     assert entry_id == r.xrange(S)[0][0]  # the published entry holds the run
     r.zadd(life.schedule, {"3": int(time.time() * 1000) - 1})
     assert life.publish_due()[:2] == (0, 1)
     assert r.xlen(S) == 1
 
 
-def test_claim_collapses_duplicates_and_satisfied_requests(life: Lifecycle, r: redis.Redis) -> None:
-    now_ms = int(time.time() * 1000)
-    first, second, third = f"{now_ms}-0", f"{now_ms}-1", f"{now_ms}-2"  # entry ids carry their add time
-    assert life.claim(9, first, 0) == "run"
-    assert life.claim(9, first, 0) == "run"  # a redelivery of the holder itself
-    assert life.claim(9, second, 0) == "duplicate"
-    life.release(9, first, now_ms + 5)
-    assert r.get(life.marker(9)) is None
-    assert life.claim(9, third, 0) == "satisfied"  # added before the successful crawl started
-    assert life.claim(9, f"{now_ms + 10}-0", 0) == "run"
-    batch = life.claim_batch([(10, f"{now_ms}-7", 0), (10, f"{now_ms}-8", 0), (11, f"{now_ms}-9", 0)])
-    assert [v.decode() for v in batch] == ["run", "duplicate", "run"]  # one run per task per batch
+def lock(life: Lifecycle, consumer: Consumer, task_id: int, entry_id: str, retry: int = 0) -> str:
+    _, [verdict] = life.verdicts(life.lock_runs([RunRequest(task_id, entry_id, int(entry_id.split("-")[0]), retry,
+                                                            False)], consumer.name))  # fmt: skip
+    return verdict
+
+
+def test_run_locks_collapse_duplicates_and_satisfied_requests(
+    settings: Settings, life: Lifecycle, r: redis.Redis
+) -> None:
+    consumer = Consumer(r, None, S, settings.task_queue_group, "c")
+    consumer.ensure_group()
+    first, second, third, fourth = Producer(r).submit_many([9, 9, 9, 9])
+    consumer.read(10, block_ms=100)
+    assert lock(life, consumer, 9, first) == "run"
+    assert lock(life, consumer, 9, first) == "run"  # sent twice, or a redelivery of the holder itself
+    assert lock(life, consumer, 9, second) == "duplicate"
+    r.hset(life.last_success, "9", int(third.split("-")[0]) + 5)  # a crawl started after `third` succeeded
+    assert consumer.finish(StreamMessage(first, TaskMessage.new(9, "execute"), b""))
+    assert r.get(life.lock_key(9)) is None
+    assert lock(life, consumer, 9, third) == "satisfied"
+    r.hdel(life.last_success, "9")
+    assert lock(life, consumer, 9, fourth) == "run"
+    assert lock(life, Consumer(r, None, S, settings.task_queue_group, "other"), 9, fourth) == "gone"
+    a, b, c = Producer(r).submit_many([10, 10, 11])
+    consumer.read(10, block_ms=100)
+    requests = [RunRequest(t, e, int(e.split("-")[0]), 0, False) for t, e in ((10, a), (10, b), (11, c))]
+    assert life.verdicts(life.lock_runs(requests, consumer.name))[1] == ["run", "duplicate", "run"]
+
+
+def test_a_lock_naming_no_live_run_is_taken_over(settings: Settings, life: Lifecycle, r: redis.Redis) -> None:
+    """Defect 4: a lock left by an entry acknowledged without releasing it costs one check, not an hour."""
+    consumer = Consumer(r, None, S, settings.task_queue_group, "c")
+    consumer.ensure_group()
+    done, fresh = Producer(r).submit_many([13, 13])
+    consumer.read(10, block_ms=100)
+    r.set(life.lock_key(13), done)
+    assert lock(life, consumer, 13, fresh) == "duplicate"  # `done` is still pending: a live run
+    consumer.ack(done)  # a bare XACK (the previous release's zombie path) leaks the lock
+    assert lock(life, consumer, 13, fresh) == "healed"
+    assert r.get(life.lock_key(13)) == fresh.encode()
+    r.set(life.lock_key(14), "retry:1-1:5")  # a parked retry that is no longer parked
+    [entry] = Producer(r).submit_many([14])
+    consumer.read(10, block_ms=100)
+    assert lock(life, consumer, 14, entry) == "healed"
+    queued = Producer(r).submit_task(15)  # published, not yet delivered: a live run
+    r.set(life.lock_key(15), queued)
+    assert life.publish_due()[:2] == (0, 0) and r.get(life.lock_key(15)) == queued.encode()
 
 
 def test_requeue_hands_the_run_to_the_retry(settings: Settings, life: Lifecycle, r: redis.Redis) -> None:
     consumer = Consumer(r, None, S, settings.task_queue_group, "c")
     consumer.ensure_group()
-    RedisTaskRegistry(r).put(TaskSpec(4, "x"))
     life.register([TaskSpec(4, "x")])
     [msg] = consumer.read(1, block_ms=100)
-    assert life.claim(4, msg.id, 0) == "run"
-    assert consumer.requeue(msg, 0.05, marker=life.marker(4), marker_ttl_ms=life.marker_ttl_ms)
-    assert r.get(life.marker(4)) == f"retry:{msg.id}".encode()
-    assert life.claim(4, f"{int(time.time() * 1000)}-9", 0) == "duplicate"  # a fresh execute waits for it
-    assert life.resume(4)  # starting the task again keeps a retry that still waits
-    assert r.get(life.marker(4)) == f"retry:{msg.id}".encode()
+    assert lock(life, consumer, 4, msg.id) == "run"
+    assert consumer.requeue(msg, 0.05)
+    parked = r.get(life.lock_key(4))
+    assert parked is not None and parked.decode().startswith(f"retry:{msg.id}:")
+    [fresh] = Producer(r).submit_many([4])
+    consumer.read(1, block_ms=100)
+    assert lock(life, consumer, 4, fresh) == "duplicate"  # a fresh execute waits for the parked retry
+    assert life.resume(4) == "applied"  # starting the task again keeps a retry that still waits
+    assert r.get(life.lock_key(4)) == parked
     time.sleep(0.06)
     consumer.move_due()
+    retry_id = r.get(life.lock_key(4))
+    assert retry_id is not None and not retry_id.startswith(b"retry:")  # re-pointed to the new entry
     [retry] = consumer.read(1, block_ms=100)
-    assert retry.message.retry == 1
-    assert life.claim(4, retry.id, 1) == "run"
+    assert retry.id == retry_id.decode() and retry.message.retry == 1 and retry.message.origin == msg.id
+    assert lock(life, consumer, 4, retry.id, 1) == "run"
 
 
-def test_a_stop_racing_a_requeue_leaves_no_marker_behind(
+def test_a_stop_racing_a_requeue_leaves_no_lock_behind(
     settings: Settings, life: Lifecycle, r: redis.Redis
 ) -> None:
     consumer = Consumer(r, None, S, settings.task_queue_group, "c")
     consumer.ensure_group()
     life.register([TaskSpec(12, "x")])
     [msg] = consumer.read(1, block_ms=100)
-    assert life.claim(12, msg.id, 0) == "run"
+    assert lock(life, consumer, 12, msg.id) == "run"
     life.stop(12, who="test")  # lands between the failed crawl and its requeue
-    assert consumer.requeue(msg, 30, marker=life.marker(12), marker_ttl_ms=life.marker_ttl_ms)
-    assert r.get(life.marker(12)) is None  # not handed to the retry: the stop deleted it
-    r.set(life.marker(12), "retry:1-1")  # a marker left by an older version, or a lost retry
+    assert consumer.requeue(msg, 30)
+    assert r.get(life.lock_key(12)) is None  # not handed to the retry: the stop deleted it
+    r.set(life.lock_key(12), "retry:1-1")  # a lock left by the previous release, or a lost retry
     life.register([TaskSpec(12, "x")])
-    assert r.get(life.marker(12)) is None  # starting the task clears it
+    assert r.get(life.lock_key(12)) is None  # starting the task clears it
+
+
+def test_a_stop_made_before_a_re_enable_but_processed_after_it_changes_nothing(
+    life: Lifecycle, r: redis.Redis
+) -> None:
+    """Defect 5: stops and re-enables are ordered by when they were made, not when processed."""
+    life.register([TaskSpec(21, "x", interval_s=60)])
+    stop_made = Producer(r).stop_task(21)
+    time.sleep(0.005)
+    life.register([TaskSpec(21, "x", interval_s=60)])  # `task add` after the stop was queued
+    assert life.stop(21, "stop message", int(stop_made.split("-")[0])) == "stale"
+    spec = RedisTaskRegistry(r).get(21)
+    assert spec is not None and spec.status == "running" and r.zscore(life.schedule, "21") is not None
+    later = int(time.time() * 1000) + 10
+    assert life.stop(21, "stop message", later) == "applied"
+    assert life.resume(21, later - 5) == "stale"  # a request made before that stop does not restart it
+    assert RedisTaskRegistry(r).get(21).status == "stopped"  # type: ignore[union-attr]
+    assert life.resume(21, later + 5) == "applied"
+    assert r.zscore(life.schedule, "21") is not None
 
 
 def test_stop_unschedules_drops_parked_retries_and_tells_every_daemon(
@@ -145,13 +203,13 @@ def test_stop_unschedules_drops_parked_retries_and_tells_every_daemon(
     r.zadd(
         keys.delayed_set(S), {'1-1|{"task_id":5,"action":"execute"}': 1, '1-2|{"task_id":6,"action":"x"}': 2}
     )
-    r.set(life.marker(5), "1-1")
+    r.set(life.lock_key(5), "1-1")
     pubsub = r.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.control_channel(S))
-    assert life.stop(5, who="test") is True
+    assert life.stop(5, who="test") == "applied"
     assert r.zscore(life.schedule, "5") is None and r.zscore(life.schedule, "6") is not None
     assert r.zrange(keys.delayed_set(S), 0, -1) == [b'1-2|{"task_id":6,"action":"x"}']
-    assert r.get(life.marker(5)) is None
+    assert r.get(life.lock_key(5)) is None
     spec_hash = r.hgetall(keys.task_spec_key(5))
     assert spec_hash[b"status"] == b"stopped" and spec_hash[b"stopped_by"] == b"test"
     message = None
@@ -161,5 +219,5 @@ def test_stop_unschedules_drops_parked_retries_and_tells_every_daemon(
             break
     assert message is not None and message["data"] == b"stop 5"
     pubsub.close()
-    assert life.stop(404, who="test") is False
-    assert life.resume(5) and r.zscore(life.schedule, "5") is not None
+    assert life.stop(404, who="test") == "unknown"
+    assert life.resume(5) == "applied" and r.zscore(life.schedule, "5") is not None

@@ -134,7 +134,7 @@ def stop(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> i
     lifecycle = Lifecycle(settings, client)
     producer = Producer(client, stream=settings.task_queue_stream)
     for task_id in args.task_ids:
-        known = lifecycle.stop(task_id, who="cli")
+        known = lifecycle.stop(task_id, who="cli") != "unknown"
         entry_id = producer.stop_task(task_id)
         print(f"{task_id}\t{entry_id}" + ("" if known else "\t(not registered)"))
     return EXIT_OK

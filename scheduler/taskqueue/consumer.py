@@ -1,8 +1,14 @@
 """Consumer: reads the task stream through a consumer group, and ends entries (ack, requeue, dead-letter).
 
-Every path that ends an entry other than a plain ack is one Lua script that acts only while this consumer
-still holds the entry, writes its outcome, and acknowledges last: two workers racing to end the same entry
-produce exactly one outcome, and a refused write leaves the entry pending rather than acknowledged.
+Every path that ends an entry other than the seed API's plain ``ack`` goes through ``endings`` (one Lua
+script that acts only while this consumer still holds the entry, writes its outcome, releases the task's
+run lock and acknowledges last): two workers racing to end the same entry produce exactly one outcome, a
+refused write leaves the entry pending rather than acknowledged, and a call sent again after a lost reply
+gives the same answer.
+
+Reads are not safe to send twice (a second ``XREADGROUP >`` delivers other entries, and the first reply's
+entries would sit in this consumer's pending list with no one working on them): after any failed or
+unanswered read the caller takes them up again with ``recover``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import redis
 from scheduler.errors import InvalidMessageError
 from scheduler.taskqueue import keys
 from scheduler.taskqueue._redis import bytes_client, connection_errors, text
+from scheduler.taskqueue.endings import NOT_HELD, Ender, Limits, acked, dead_lettered, retried
 from scheduler.taskqueue.message import TaskMessage, decode, format_timestamp
 from scheduler.taskqueue.scripts import Scripts
 
@@ -57,7 +64,8 @@ class Consumer:
         max_entry_bytes: int = keys.DEFAULT_MAX_ENTRY_BYTES,
         dlq_maxlen: int = keys.DEFAULT_DLQ_MAXLEN,
         max_deliveries: int | None = None,
-        on_dead_letter: Callable[[str, str, bytes | str], None] | None = None,
+        limits: Limits | None = None,
+        count_dead_letter: Callable[[str], None] | None = None,
     ) -> None:
         self.redis = bytes_client(redis_client)
         self.log = logger or log
@@ -69,8 +77,10 @@ class Consumer:
         self.max_entry_bytes = max_entry_bytes
         self.dlq_maxlen = dlq_maxlen
         self.max_deliveries = max_deliveries
-        self.on_dead_letter = on_dead_letter
+        self.count_dead_letter = count_dead_letter  # a metric: the reason's category
         self.scripts = Scripts(self.redis)
+        self.limits = limits or Limits(dlq_maxlen=dlq_maxlen)
+        self.ender = Ender(self.scripts, stream, group, consumer, self.limits)
         # Own pending entries are re-read from id "0" first, so a restart with the same name resumes them.
         self._pending_cursor: str | None = "0"
         self._reclaim_cursor = "0-0"
@@ -121,6 +131,24 @@ class Consumer:
             self._pending_cursor = None
         return self._accept(self._xreadgroup(">", count, block_ms), resumed=False)
 
+    def recover(self, count: int, held: Iterable[str] = ()) -> list[StreamMessage]:
+        """Up to ``count`` of this consumer's pending entries that are not in ``held`` (what a lost read
+        reply, a lost reclaim reply or a batch dropped after an error left behind), without counting a
+        delivery. Trimmed ones are dead-lettered as payload_lost, poison as in ``read``."""
+        skip = set(held)
+        rows = self._with_group(
+            lambda: self.scripts.run(
+                "own_pending", [self.stream], [self.group, self.name, count + len(skip)]
+            ),
+            f"XPENDING {self.stream} {self.name}",
+        )
+        entries: list[tuple[bytes, Fields]] = []
+        for raw_id, flat in rows:
+            if text(raw_id) in skip:
+                continue
+            entries.append((raw_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}))
+        return self._accept(entries[:count], resumed=False)
+
     @property
     def resuming(self) -> bool:
         """True while this consumer is still re-reading its own pending list."""
@@ -163,7 +191,7 @@ class Consumer:
                 continue
             if entry_id in over_cap:
                 reason = f"max_deliveries: delivered more than {self.max_deliveries} times"
-                self.dead_letter(entry_id, reason, self._retried(data))
+                self.dead_letter(entry_id, reason, self._retried(entry_id, data))
                 continue
             try:
                 message = decode(data, self.max_entry_bytes)
@@ -193,28 +221,20 @@ class Consumer:
         with connection_errors(f"XACK {self.stream}"):
             return int(self.redis.xack(self.stream, self.group, *ids))
 
-    def requeue(
-        self,
-        msg: StreamMessage,
-        delay_s: float = 0.0,
-        *,
-        marker: str | None = None,
-        marker_ttl_ms: int = 0,
-        count_retry: bool = True,
-    ) -> bool:
+    def requeue(self, msg: StreamMessage, delay_s: float = 0.0, *, count_retry: bool = True,
+                error_text: str = "") -> bool:  # fmt: skip
         """End this entry and enqueue the message again with ``retry + 1``, after ``delay_s`` (held in a
-        Redis sorted set, moved back by ``move_due``). False when another worker already ended the entry.
+        Redis sorted set, moved back by ``move_due``); the task's run lock goes to the retry, so nothing
+        runs beside it. False when this consumer no longer holds the entry.
 
-        ``marker``: the task's run-marker key, handed over to the retry so nothing runs beside it.
         ``count_retry`` False puts it back as it was (a failure that was not the task's fault)."""
-        payload = msg.message.with_retry(msg.message.retry + int(count_retry)).encode()
-        delay_ms = max(0, round(delay_s * 1000))
-        keys_ = [self.stream, self.delayed] + ([marker] if marker else [])
-        with connection_errors(f"requeue {msg.id}"):
-            result = self.scripts.run(
-                "requeue", keys_, [self.group, msg.id, payload, delay_ms, marker_ttl_ms, self.name]
-            )
-        return bool(result)
+        payload = msg.message.requeued(msg.id, count_retry).encode()
+        ending = retried(msg.id, msg.message.task_id, payload, round(delay_s * 1000), error_text)
+        return self.ender.end([ending])[0] != NOT_HELD
+
+    def finish(self, msg: StreamMessage) -> bool:
+        """Acknowledge an entry this consumer holds, releasing its task's run lock. False if not held."""
+        return self.ender.end([acked(msg.id, msg.message.task_id)])[0] != NOT_HELD
 
     def dead_letter(self, msg: StreamMessage | str, reason: str, payload: bytes | str | None = None) -> bool:
         """Move an entry to ``<stream>:dlq`` (original_id, payload, reason, failed_at) and ack it, once.
@@ -222,33 +242,27 @@ class Consumer:
         For a StreamMessage the payload is the task JSON with retry incremented (as the Go original writes);
         for a bare id it is the raw entry data, cut to the entry size limit."""
         if isinstance(msg, StreamMessage):
-            entry_id = msg.id
-            body: bytes | str = msg.message.with_retry(msg.message.retry + 1).encode()
+            entry_id, task_id = msg.id, msg.message.task_id
+            body: bytes | str = msg.message.requeued(msg.id).encode()
         else:
-            entry_id = msg
+            entry_id, task_id = msg, _task_id_of(payload, self.max_entry_bytes)
             body = (payload or b"")[: self.max_entry_bytes]
-        done = self._dead_letter(entry_id, reason, body, ack=True)
-        return done
-
-    def _dead_letter(self, entry_id: str, reason: str, body: bytes | str, *, ack: bool) -> bool:
         failed_at = format_timestamp(datetime.now(UTC))
-        held_by = self.name if ack else ""  # "": already out of the pending list, nothing to check or ack
-        args: list[Any] = [self.group, entry_id, body, reason[:500], failed_at, self.dlq_maxlen, held_by]
-        with connection_errors(f"dead-letter {entry_id}"):
-            done = bool(self.scripts.run("dead_letter", [self.stream, self.dlq], args))
+        ending = dead_lettered(entry_id, task_id, body, reason, failed_at, reason if task_id else "")
+        done = self.ender.end([ending])[0] != NOT_HELD
         if done:
             self.log.warning("entry dead-lettered", extra={"entry_id": entry_id, "reason": reason[:200]})
-            if self.on_dead_letter:
-                self.on_dead_letter(entry_id, reason, body)
+            if self.count_dead_letter:
+                self.count_dead_letter(reason.split(":", 1)[0])
         return done
 
-    def _retried(self, data: bytes | None) -> bytes | str:
+    def _retried(self, entry_id: str, data: bytes | None) -> bytes | str:
         """A dead letter's payload is the task JSON with retry incremented, when the data is a message."""
         try:
             message = decode(data, self.max_entry_bytes)
         except InvalidMessageError:
             return (data or b"")[: self.max_entry_bytes]
-        return message.with_retry(message.retry + 1).encode()
+        return message.requeued(entry_id).encode()
 
     # -- leases and recovery ----------------------------------------------------------------------------
 
@@ -263,39 +277,45 @@ class Consumer:
         return [text(entry_id) for entry_id in owned]
 
     def reclaim(self, min_idle_ms: int, count: int = 100) -> list[StreamMessage]:
-        """Claim entries of other consumers idle for ``min_idle_ms`` (never sooner), via XAUTOCLAIM.
+        """Claim entries of other consumers idle for ``min_idle_ms`` (never sooner).
 
         Entries over the delivery cap are dead-lettered as ``max_deliveries``; entries whose payload was
-        trimmed away as ``payload_lost``. One call advances a cursor through the pending list."""
+        trimmed away as ``payload_lost`` (inside the script). One call advances a cursor through the
+        pending list. A lost reply leaves claimed entries in this consumer's list: ``recover`` them."""
+        failed_at = format_timestamp(datetime.now(UTC))
         reply = self._with_group(
             lambda: self.scripts.run(
-                "reclaim", [self.stream], [self.group, self.name, min_idle_ms, self._reclaim_cursor, count]
+                "reclaim",
+                [self.stream, self.dlq],
+                [self.group, self.name, min_idle_ms, self._reclaim_cursor, count, failed_at, self.dlq_maxlen],
             ),
-            f"XAUTOCLAIM {self.stream}",
+            f"reclaim on {self.stream}",
         )
-        cursor, claimed, deleted = reply
+        cursor, claimed, lost = reply
         self._reclaim_cursor = text(cursor)
-        for entry_id in deleted:  # Redis 7 already removed these from the pending list
-            self._dead_letter(text(entry_id), "payload_lost: entry was trimmed or deleted", b"", ack=False)
-        messages: list[StreamMessage] = []
+        for entry_id in lost:
+            self.log.warning(
+                "entry dead-lettered", extra={"entry_id": text(entry_id), "reason": "payload_lost"}
+            )
+            if self.count_dead_letter:
+                self.count_dead_letter("payload_lost")
         fresh: list[tuple[bytes, Fields]] = []
         for raw_id, flat, deliveries in claimed:
             entry_id = text(raw_id)
-            if self.max_deliveries and flat and int(deliveries) > self.max_deliveries:
-                data = dict(zip(flat[::2], flat[1::2], strict=True)).get(keys.DATA_FIELD.encode())
+            data = dict(zip(flat[::2], flat[1::2], strict=True)).get(keys.DATA_FIELD.encode())
+            if self.max_deliveries and int(deliveries) > self.max_deliveries:
                 self.dead_letter(
-                    entry_id, f"max_deliveries: delivered {deliveries} times", self._retried(data)
+                    entry_id, f"max_deliveries: delivered {deliveries} times", self._retried(entry_id, data)
                 )
                 continue
-            fresh.append((raw_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}))
-        if fresh:
-            messages = self._accept(fresh, resumed=False)
-        return messages
+            fresh.append((raw_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+        return self._accept(fresh, resumed=False) if fresh else []
 
     def move_due(self, limit: int = 500) -> tuple[int, float | None]:
         """Move due delayed retries into the stream; returns (moved, seconds until the next is due)."""
+        args = [limit, keys.run_lock_prefix(self.stream), self.limits.lock_ttl_ms]
         with connection_errors(f"move delayed retries of {self.stream}"):
-            moved, next_ms = self.scripts.run("move_due", [self.delayed, self.stream], [limit])
+            moved, next_ms = self.scripts.run("move_due", [self.delayed, self.stream], args)
         return int(moved), (None if int(next_ms) < 0 else int(next_ms) / 1000)
 
     def trim(self, maxlen: int = keys.DEFAULT_STREAM_MAXLEN) -> int:
@@ -323,3 +343,10 @@ class Consumer:
             text(newest) if newest else None,
             consumers,
         )
+
+
+def _task_id_of(payload: bytes | str | None, max_bytes: int) -> int:
+    try:
+        return decode(payload, max_bytes).task_id
+    except InvalidMessageError:
+        return 0

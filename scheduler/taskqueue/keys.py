@@ -41,9 +41,25 @@ def results_stream(stream: str) -> str:
     return f"{stream}:results"
 
 
-def inflight_key(stream: str, task_id: int) -> str:
-    """Marker that an execute of this task is queued or running: collapses duplicates."""
+def run_lock_key(stream: str, task_id: int) -> str:
+    """The task's run lock: names the one entry (queued, pending, or parked as ``retry:<entry>:<due>``)
+    that may crawl the task; collapses duplicate executes. (The key name predates the concept's name.)"""
     return f"{stream}:inflight:{task_id}"
+
+
+def run_lock_prefix(stream: str) -> str:
+    return run_lock_key(stream, 0)[:-1]
+
+
+def receipt_prefix(stream: str) -> str:
+    """``<prefix><entry id>`` = ``<consumer>|<answer>``: how this consumer ended the entry, kept a few
+    minutes so that an ending script sent again after a lost reply gives the same answer."""
+    return f"{stream}:ended:"
+
+
+def run_requests_hash(stream: str) -> str:
+    """Task id → time (ms, Redis clock) of the latest user request to run it: a stop made before it is stale."""
+    return f"{stream}:requested"
 
 
 def intervals_hash(stream: str) -> str:
@@ -62,7 +78,9 @@ def control_channel(stream: str) -> str:
 
 
 def seen_items_key(stream: str, task_id: int) -> str:
-    return f"{stream}:seen:{task_id}"
+    """Sorted set: item source id → when last seen (ms), trimmed to the most recently seen
+    ``app.seen_items_per_task``. (``:seen:`` was an unbounded set in the previous release.)"""
+    return f"{stream}:seen_at:{task_id}"
 
 
 def heartbeat_key(stream: str, group: str, consumer: str) -> str:

@@ -27,6 +27,7 @@ MAX_DEPTH: Final = 32  # a valid message is depth 1; anything deeper is rejected
 MAX_SOURCE_LEN: Final = 256
 _MAX_INT_DIGITS: Final = 20  # 2**64 has 20 digits: longer literals are rejected unparsed
 
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
@@ -39,6 +40,9 @@ class TaskMessage:
     timestamp: datetime
     retry: int = 0
     source: str = "unknown"
+    # The entry id of the request a retry carries (our own key; readers that do not know it ignore it): a
+    # retry keeps the time of the request it carries, not the time it was re-added.
+    origin: str | None = None
 
     @classmethod
     def new(cls, task_id: int, action: Action, source: str = "") -> TaskMessage:
@@ -50,13 +54,27 @@ class TaskMessage:
     def with_retry(self, retry: int) -> TaskMessage:
         return replace(self, retry=retry)
 
+    def requeued(self, entry_id: str, count_retry: bool = True) -> TaskMessage:
+        """This message as re-added after entry ``entry_id`` failed: retry + 1, the first request kept."""
+        return replace(self, retry=self.retry + int(count_retry), origin=self.origin or entry_id)
+
+    def requested_ms(self, entry_id: str) -> int:
+        """When the request was made, on Redis' clock: its first entry's id time."""
+        return entry_ms(self.origin or entry_id)
+
     def encode(self) -> str:
         # Key order and compact separators as Go's json.Marshal writes them.
         return (
             f'{{"task_id":{self.task_id},"action":"{self.action}",'
             f'"timestamp":"{format_timestamp(self.timestamp)}","retry":{self.retry},'
-            f'"source":{json.dumps(self.source, ensure_ascii=False)}}}'
+            f'"source":{json.dumps(self.source, ensure_ascii=False)}'
+            + (f',"origin":"{self.origin}"}}' if self.origin else "}")
         )
+
+
+def entry_ms(entry_id: str) -> int:
+    """The milliseconds part of a stream entry id: when Redis added the entry."""
+    return int(entry_id.split("-", 1)[0])
 
 
 def check_task_id(task_id: object) -> int:
@@ -211,4 +229,9 @@ def decode(raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_ENTRY_BYTES) ->
             timestamp = parse_timestamp(stamp)
         except ValueError as exc:
             raise InvalidMessageError("bad_timestamp", f"{exc}: {stamp[:40]!r}") from None
-    return TaskMessage(task_id, action, timestamp, retry, source)
+    return TaskMessage(task_id, action, timestamp, retry, source, _origin(obj.get("origin")))
+
+
+def _origin(value: object) -> str | None:
+    """A foreign or damaged origin is dropped: it only costs a retry its place in stop ordering."""
+    return value if isinstance(value, str) and _ENTRY_ID.fullmatch(value) else None

@@ -12,26 +12,28 @@ import redis
 from redis.commands.core import Script
 
 NAMES = (
-    "requeue",
-    "dead_letter",
+    "end",
+    "lock_runs",
     "move_due",
+    "publish_due",
+    "set_status",
     "extend",
     "reclaim",
+    "own_pending",
     "trim",
     "reap_consumers",
-    "publish_due",
-    "claim_batch",
-    "complete_batch",
-    "release_run",
-    "stop_task",
-    "drop_orphan_marker",
     "dlq_replay",
 )
+# scripts that use the shared functions of prelude.lua (lock liveness, pending checks, Redis time)
+WITH_PRELUDE = frozenset({"end", "lock_runs", "move_due", "publish_due", "set_status"})
 
 
 @cache
 def source(name: str) -> str:
-    return resources.files(__package__).joinpath("scripts", f"{name}.lua").read_text(encoding="utf-8")
+    def read(file: str) -> str:
+        return resources.files(__package__).joinpath("scripts", f"{file}.lua").read_text(encoding="utf-8")
+
+    return (read("prelude") + "\n" if name in WITH_PRELUDE else "") + read(name)
 
 
 class Scripts:

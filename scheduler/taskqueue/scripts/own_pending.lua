@@ -1,0 +1,10 @@
+-- This consumer's pending entries with their fields, without counting a delivery: what a read whose
+-- reply was lost (or a batch dropped after an error) left in its pending list, for the caller to take
+-- up again. KEYS: stream.  ARGV: group, consumer, count.
+-- Returns {{id, fields or false when the payload was trimmed}...}.
+local out = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], ARGV[2])) do
+  local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])
+  out[#out + 1] = {p[1], entry[1] and entry[1][2] or false}
+end
+return out

@@ -1,0 +1,63 @@
+-- Shared by the scripts that end entries or take run locks (prepended by scripts.py).
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function id_before(a, b)
+  local ams, aseq = id_parts(a)
+  local bms, bseq = id_parts(b)
+  if not ams or not bms then return false end
+  if ams ~= bms then return ams < bms end
+  return aseq < bseq
+end
+
+-- The consumer an entry is pending to, or nil (acknowledged, never delivered, gone, or no group).
+local function pending_to(stream, group, entry)
+  local p = redis.pcall('XPENDING', stream, group, entry, entry, 1)
+  if type(p) ~= 'table' or p.err or not p[1] then return nil end
+  return p[1][2]
+end
+
+-- Added to the stream and not yet delivered to the group (with no group yet, everything is undelivered:
+-- the daemons create it from the start of the stream).
+local function queued(stream, group, entry)
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if type(groups) ~= 'table' or groups.err then return false end
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == group and not id_before(info['last-delivered-id'], entry) then
+      return false
+    end
+  end
+  return #redis.call('XRANGE', stream, entry, entry) > 0
+end
+
+-- Does a run lock's value still name a live run? An entry id: that entry is queued or pending in the group.
+-- 'retry:<entry>:<due ms>': that retry still waits in the delayed set. 'retry:<entry>' (written by the
+-- previous release): the same, found by a scan. Anything else is a leak: the lock may be taken over.
+local function lock_live(stream, group, delayed, value)
+  if string.sub(value, 1, 6) == 'retry:' then
+    local rest = string.sub(value, 7)
+    local entry, due = string.match(rest, '^([%d%-]+):(%d+)$')
+    local members
+    if entry then
+      members = redis.call('ZRANGEBYSCORE', delayed, due, due)
+    else
+      entry, members = rest, redis.call('ZRANGE', delayed, 0, -1)
+    end
+    local prefix = entry .. '|'
+    for _, m in ipairs(members) do
+      if string.sub(m, 1, #prefix) == prefix then return true end
+    end
+    return false
+  end
+  return pending_to(stream, group, value) ~= nil or queued(stream, group, value)
+end

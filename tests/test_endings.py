@@ -1,0 +1,119 @@
+"""The ending script directly: every outcome, a zombie, a double run, a refused write, the seen-items
+bound; and reclaim matching entries by id on every Redis version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from scheduler.taskqueue import Consumer, Producer, keys
+from scheduler.taskqueue.endings import NOT_HELD, Ender, Limits, acked, dead_lettered, retried, succeeded
+
+S, G = keys.DEFAULT_STREAM, keys.DEFAULT_GROUP
+
+
+def read_all(client: redis.Redis, name: str, tasks: list[int]) -> tuple[Consumer, list[str]]:
+    consumer = Consumer(client, None, S, G, name)
+    consumer.ensure_group()
+    Producer(client).submit_many(tasks, "user_create")
+    return consumer, [m.id for m in consumer.read(len(tasks), block_ms=100)]
+
+
+def ok(entry: str, task: int, ids: list[str], started: int = 5) -> object:
+    return succeeded(entry, task, status="success", total_found=len(ids), crawled_at="t", items_json="[]",
+                     started_ms=started, source_ids=ids)  # fmt: skip
+
+
+def test_every_outcome_writes_its_keys_releases_the_lock_and_acks(any_r: redis.Redis) -> None:
+    r = any_r
+    consumer, (e1, e2, e3, e4) = read_all(r, "c", [1, 2, 3, 4])
+    for task, entry in zip((1, 2, 3, 4), (e1, e2, e3, e4), strict=True):
+        r.set(keys.run_lock_key(S, task), entry)
+    ender = consumer.ender
+    answers = ender.end([
+        ok(e1, 1, ["a", "b"]),  # type: ignore[list-item]
+        retried(e2, 2, '{"task_id":2,"action":"execute","retry":1}', 60_000, "UNAVAILABLE: down"),
+        dead_lettered(e3, 3, '{"task_id":3}', "permanent: INVALID_ARGUMENT: x", "now", "INVALID_ARGUMENT: x"),
+        acked(e4, 4),
+    ])  # fmt: skip
+    assert answers == ["ok:2", "retry", "dead", "ack"]
+    assert r.xpending(S, G)["pending"] == 0
+    assert r.get(keys.run_lock_key(S, 1)) is None and r.get(keys.run_lock_key(S, 3)) is None
+    assert r.get(keys.run_lock_key(S, 4)) is None
+    parked = r.get(keys.run_lock_key(S, 2))
+    assert parked is not None and parked.decode().startswith(f"retry:{e2}:")  # handed to the retry
+    assert r.zcard(keys.delayed_set(S)) == 1
+    assert r.get(keys.crawl_status_key(1)) == b"success" and r.get(keys.crawl_message_key(1)) is None
+    assert r.get(keys.crawl_status_key(2)) == b"failed"
+    assert r.get(keys.crawl_message_key(2)) == b"UNAVAILABLE: down"
+    assert r.get(keys.crawl_status_key(3)) == b"failed"
+    assert r.hget(keys.last_success_hash(S), "1") == b"5"
+    [(_, result)] = r.xrange(keys.results_stream(S))
+    assert json.loads(result[b"new_items"]) == ["a", "b"]
+    [(_, letter)] = r.xrange(keys.dlq_stream(S))
+    assert letter[b"original_id"] == e3.encode()
+
+
+def test_sent_twice_the_same_answer_and_nothing_written_again(r: redis.Redis) -> None:
+    consumer, (e1, e2) = read_all(r, "c", [1, 2])
+    batch = [ok(e1, 1, ["a"]), dead_lettered(e2, 2, "{}", "permanent: x", "now", "x")]
+    assert consumer.ender.end(batch) == ["ok:1", "dead"]  # type: ignore[arg-type]
+    assert consumer.ender.end(batch) == ["ok:1", "dead"]  # type: ignore[arg-type]
+    assert r.xlen(keys.results_stream(S)) == 1 and r.xlen(keys.dlq_stream(S)) == 1
+
+
+def test_a_zombie_writes_nothing(r: redis.Redis) -> None:
+    consumer, [entry] = read_all(r, "zombie", [7])
+    r.xclaim(S, G, "other", 0, [entry])  # reclaimed by another daemon while the zombie crawled
+    r.set(keys.run_lock_key(S, 7), entry)
+    assert consumer.ender.end([ok(entry, 7, ["a"])]) == [NOT_HELD]  # type: ignore[list-item]
+    assert consumer.ender.end([acked(entry, 7)]) == [NOT_HELD]
+    assert r.get(keys.run_lock_key(S, 7)) == entry.encode()  # the new holder's lock is left alone
+    assert r.xlen(keys.results_stream(S)) == 0 and r.get(keys.crawl_status_key(7)) is None
+    assert r.xpending(S, G)["pending"] == 1
+
+
+def test_a_refused_write_leaves_the_entry_pending(r: redis.Redis) -> None:
+    consumer, [entry] = read_all(r, "c", [8])
+    r.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.ResponseError):
+            consumer.ender.end([ok(entry, 8, ["a"])])  # type: ignore[list-item]
+    finally:
+        r.config_set("maxmemory", "0")
+    assert r.xpending(S, G)["pending"] == 1 and r.xlen(keys.results_stream(S)) == 0
+    assert consumer.ender.end([ok(entry, 8, ["a"])]) == ["ok:1"]  # type: ignore[list-item]
+
+
+def test_seen_items_are_bounded_to_the_most_recently_seen(r: redis.Redis) -> None:
+    consumer = Consumer(r, None, S, G, "c", limits=Limits(seen_items_per_task=5))
+    consumer.ensure_group()
+    ender: Ender = consumer.ender
+    first_ids = [f"old{i}" for i in range(5)]
+    for batch in (first_ids, ["new0", "new1", "new2"]):
+        Producer(r).submit_task(9)
+        [msg] = consumer.read(1, block_ms=100)
+        ender.end([ok(msg.id, 9, batch)])  # type: ignore[list-item]
+    seen = keys.seen_items_key(S, 9)
+    assert r.zcard(seen) == 5  # the bound holds
+    assert {b"new0", b"new1", b"new2"} <= set(r.zrange(seen, 0, -1))
+    assert r.pttl(seen) > 0
+
+
+def test_reclaim_matches_by_id_dead_letters_trimmed_entries_and_claims_live_ones(any_r: redis.Redis) -> None:
+    r = any_r
+    _, ids = read_all(r, "dead", [1, 2, 3, 4])
+    r.xdel(S, ids[1], ids[2])  # trimmed under the dead consumer
+    rescuer = Consumer(r, None, S, G, "rescuer")
+    got = rescuer.reclaim(0, 10)
+    assert [m.id for m in got] == [ids[0], ids[3]]  # the live ones, with their payloads
+    assert [m.message.task_id for m in got] == [1, 4]
+    letters = [fields for _, fields in r.xrange(keys.dlq_stream(S))]
+    assert sorted(f[b"original_id"].decode() for f in letters) == sorted([ids[1], ids[2]])
+    assert all(f[b"reason"].startswith(b"payload_lost") for f in letters)
+    pending = r.xpending_range(S, G, min="-", max="+", count=10)
+    assert [(p["message_id"].decode(), p["consumer"]) for p in pending] == [
+        (ids[0], b"rescuer"), (ids[3], b"rescuer")]  # fmt: skip
+    assert all(p["times_delivered"] == 2 for p in pending)  # the delivery is counted (crash-loop cap)
