@@ -258,7 +258,10 @@ class RedisUrl(Kind):
             return "must start with redis://, rediss:// or unix://"
         if re.search(r"\s", url):
             return "must not contain spaces"
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # its text quotes the netloc, password included: never shown
+            return "is not a valid Redis URL (characters that normalise to '/', '?', '#' or '@')"
         try:
             port = parts.port
             redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
@@ -654,7 +657,8 @@ def _suggest(unknown: list[str]) -> str:
     named = []
     for key in unknown:
         close = difflib.get_close_matches(key, list(_BY_KEY), n=1, cutoff=0.75)
-        named.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        shown = key if key.isprintable() else repr(key)  # one line, whatever the file holds
+        named.append(f"{shown} (did you mean {close[0]}?)" if close else shown)
     return ", ".join(named)
 
 

@@ -514,11 +514,6 @@ def test_a_config_file_that_is_no_object_is_a_config_error(
         load_settings(str(path), env={})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: urlsplit's NFKC netloc check runs outside RedisUrl._problem's try/redact, so its ValueError "
-    "text (the netloc, password included) becomes the ConfigError message unredacted",
-)
 def test_password_in_a_url_with_nfkc_special_characters_stays_out_of_the_error() -> None:
     secret = "hunter\uff03two"  # FULLWIDTH NUMBER SIGN: NFKC turns it into '#'
     with pytest.raises(ConfigError) as raised:
@@ -526,11 +521,6 @@ def test_password_in_a_url_with_nfkc_special_characters_stays_out_of_the_error()
     assert "hunter" not in str(raised.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an unknown key's name is echoed raw, so a key holding a newline splits the 'one clear "
-    "line' of CONTRACT §5 in two (and can forge a second log line); the values are shown with repr",
-)
 def test_an_unknown_key_with_a_newline_still_gives_one_line(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"redis": {"db\nERROR forged line": 1}}), encoding="utf-8")
