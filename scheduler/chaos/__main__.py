@@ -45,6 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--delay-ms", type=int, default=100, help="the fake crawler's delay per call")
     parser.add_argument("--rate", type=float, default=15.0, help="unique tasks submitted per second")
+    parser.add_argument("--shared", type=int, default=5, help="shared task ids (executes, stops, re-enables)")
     parser.add_argument("--backlog", type=int, help="tasks of the backlog scenario (100,000; --quick 5,000)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--keep", action="store_true", help="keep every run's logs (failed runs' always)")
@@ -66,10 +67,14 @@ def plan(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...]]]:
     return [(name, SCENARIOS[name]) for name in names]
 
 
-def command(args: argparse.Namespace, scenario: str, seed: str, opts: Options) -> str:
+def command(args: argparse.Namespace | None, scenario: str, seed: str, opts: Options) -> str:
+    """The command line that replays this scenario with these options."""
     words = ["python", "-m", "scheduler.chaos"]
-    words += ["--faults", scenario.replace("+", ",")] if args.faults else ["--scenario", scenario]
+    custom = args is not None and args.faults
+    words += ["--faults", scenario.replace("+", ",")] if custom else ["--scenario", scenario]
     words += ["--seed", seed, "--seconds", f"{opts.seconds:g}", "--daemons", str(opts.daemons)]
+    words += ["--workers", str(opts.workers), "--delay-ms", str(opts.delay_ms), "--rate", f"{opts.rate:g}"]
+    words += ["--shared", str(opts.shared)]
     if scenario == "backlog" or "backlog" in scenario.split("+"):
         words += ["--backlog", str(opts.backlog)]
     return shlex.join(words)
@@ -80,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed or os.urandom(4).hex()
     seconds = args.seconds or (20.0 if args.quick else 60.0 * (args.minutes or 30.0))
     backlog = args.backlog or (5000 if args.quick else 100_000)
-    opts = Options(seconds, args.daemons, args.workers, args.delay_ms, args.rate, backlog=backlog,
+    opts = Options(seconds, args.daemons, args.workers, args.delay_ms, args.rate, args.shared, backlog,
                    keep=args.keep, quiet=args.quiet)  # fmt: skip
     print(f"chaos: seed {seed}", flush=True)
     rows: list[Row] = []

@@ -19,6 +19,7 @@ import redis
 
 from scheduler.chaos.cluster import GROUP, LEASE_TIMEOUT_S, STREAM, Cluster, Daemon
 from scheduler.chaos.proxy import FaultyProxy
+from scheduler.chaos.state import entry_key, text
 
 FAULTS = (
     "client-kill", "proxy", "pause", "kill9", "sigstop", "sigterm",
@@ -116,16 +117,14 @@ class Injector(threading.Thread):
                 return
             last = "0-0"
             if not isinstance(groups, Exception):
-                last = next(
-                    (_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == GROUP), "0-0"
-                )
-            held = set() if isinstance(pending, Exception) else {_text(p["message_id"]) for p in pending}
-            ids = [_text(entry_id) for entry_id, _ in entries]
+                last = next((text(g["last-delivered-id"]) for g in groups if text(g["name"]) == GROUP), "0-0")
+            held = set() if isinstance(pending, Exception) else {text(p["message_id"]) for p in pending}
+            ids = [text(entry_id) for entry_id, _ in entries]
             for entry_id, fields in entries:
                 task = _task_of(fields)
                 if task is not None:
-                    self.h.deleted.tasks[_text(entry_id)] = task
-            unread = {e for e in ids if _id_key(e) > _id_key(last)}
+                    self.h.deleted.tasks[text(entry_id)] = task
+            unread = {e for e in ids if entry_key(e) > entry_key(last)}
             self.h.deleted.unread |= unread
             if delete:
                 self.h.deleted.pending |= held & set(ids)
@@ -241,15 +240,6 @@ def _task_of(fields: dict[bytes, bytes] | None) -> int | None:
         return int(json.loads((fields or {})[b"data"])["task_id"])
     except (KeyError, ValueError, TypeError):
         return None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class FaultContext(Protocol):

@@ -136,10 +136,23 @@ class FaultyProxy:
         return count
 
     def close(self) -> None:
-        try:
-            self.refuse(True)
-            self.reset_all()
-        except Exception:
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for link in list(self._links):
+                self._drop(link)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            try:
+                self._call(shutdown())
+            except Exception:  # best effort at teardown: the loop is stopped and closed below anyway
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()

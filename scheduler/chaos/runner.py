@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "redis-restart-everysec": ("redis-restart",),
     "backlog": ("backlog",),
     "mixed": MIXED,
+    "none": (),  # no fault: the baseline (shared tasks' stops and re-enables still run)
 }
 
 

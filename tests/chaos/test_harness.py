@@ -7,9 +7,12 @@ are `./dev chaos` (30 minutes of mixed faults) and `./dev chaos --quick` (every 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from scheduler.chaos import SCENARIOS, Options, Run
+from scheduler.chaos.__main__ import command
 from scheduler.chaos.checker import Call, DeadLetter, check
 from scheduler.chaos.faults import Deleted, Event
 from scheduler.chaos.producer import SHARED_BASE, Submit
@@ -59,8 +62,12 @@ def test_checker_entries_deleted_unread_are_the_faults_not_lost() -> None:
     assert (v.lost, v.deleted) == (0, 1)
 
 
-def run(scenario: str, seed: str) -> None:
-    row = Run(scenario, SCENARIOS[scenario], seed, OPTIONS, f"test_harness {scenario} seed {seed}").execute()
+FAULT_OPTIONS = dataclasses.replace(OPTIONS, shared=0)  # the shared tasks have their own test below
+
+
+def run(scenario: str, seed: str, opts: Options) -> None:
+    replay = command(None, scenario, seed, opts)
+    row = Run(scenario, SCENARIOS[scenario], seed, opts, replay).execute()
     report = failures([row])
     assert not row.error, report
     assert row.submits > 0 and row.crawls > 0, report
@@ -87,4 +94,14 @@ def run(scenario: str, seed: str) -> None:
     ],
 )
 def test_scenario(name: str, seed: str) -> None:
-    run(name, seed)
+    """Unique tasks only: every acknowledged submit crawled once, duplicates within the run's bound."""
+    run(name, seed, FAULT_OPTIONS)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_shared_tasks_executes_stops_and_reenables() -> None:
+    """No fault: a few task ids get executes and stops mixed; each execute must be followed by a crawl
+    that started after it, unless a later stop exists."""
+    run("none", "ci-1", dataclasses.replace(OPTIONS, shared=4))
