@@ -9,6 +9,7 @@ import threading
 
 import redis
 
+from scheduler.errors import QueueConnectionError
 from scheduler.metrics import Metrics
 from scheduler.registry import TaskRegistry
 from scheduler.taskqueue import Consumer, StreamMessage, keys
@@ -53,12 +54,17 @@ class Holdings:
 
     # -- cancellation -----------------------------------------------------------------------------------
 
-    def cancel_task(self, task_id: int, reason: str) -> None:
-        """Cancel this daemon's crawls of the task ("stopped": acked, not retried)."""
+    def cancel_task(self, task_id: int, reason: str, made_before_ms: int | None = None) -> None:
+        """Cancel this daemon's crawls of the task ("stopped": acked, not retried); with
+        ``made_before_ms``, only runs requested before then (a run requested after a stop, i.e. a
+        re-enable, is not that stop's to cancel)."""
         with self._lock:
             targets = [r for r in self._held.values() if r.msg.message.task_id == task_id]
         for running in targets:
-            if running.msg.message.action == "execute" and running.cancel_reason is None:
+            msg = running.msg
+            if made_before_ms is not None and msg.message.requested_ms(msg.id) >= made_before_ms:
+                continue
+            if msg.message.action == "execute" and running.cancel_reason is None:
                 running.cancel_reason = reason
                 running.token.cancel()
 
@@ -93,13 +99,20 @@ class Holdings:
                 running.token.cancel()
         self._cancel_stopped()
 
-    def _cancel_stopped(self) -> None:
-        with self._lock:
-            task_ids = sorted({r.msg.message.task_id for r in self._held.values() if r.cancel_reason is None})
+    def _cancel_stopped(self, task_ids: list[int] | None = None) -> None:
+        """Cancel crawls of tasks stopped by a stop made after their request (read from the registry, so
+        a stop heard late, or a re-enable racing it, is judged by when each was made)."""
+        if task_ids is None:
+            with self._lock:
+                task_ids = sorted(
+                    {r.msg.message.task_id for r in self._held.values() if r.cancel_reason is None}
+                )
         if not task_ids:
             return
-        for task_id, status in self.registry.statuses(task_ids).items():
+        for task_id, (status, made_ms) in self.registry.statuses(task_ids).items():
             if status == "stopped":
+                self.cancel_task(task_id, "stopped", made_before_ms=made_ms)
+            elif status is None:  # deleted
                 self.cancel_task(task_id, "stopped")
 
     # -- the control channel (its own thread) ---------------------------------------------------------
@@ -118,8 +131,8 @@ class Holdings:
                     if message and message.get("type") == "message":
                         verb, _, arg = text(message["data"]).partition(" ")
                         if verb == "stop" and arg.isdigit():
-                            self.cancel_task(int(arg), "stopped")
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                            self._cancel_stopped([int(arg)])
+            except (redis.ConnectionError, redis.TimeoutError, QueueConnectionError) as exc:
                 failures += 1
                 if failures == 1:
                     log.warning("control channel lost (%s); resubscribing", type(exc).__name__)

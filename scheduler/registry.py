@@ -119,7 +119,7 @@ class TaskRegistry(Protocol):
     def get(self, task_id: int) -> TaskSpec | None: ...
     def queue_get_many(self, pipe: Any, task_ids: list[int]) -> None: ...
     def parse_many(self, task_ids: list[int], replies: list[Any]) -> dict[int, TaskSpec | None]: ...
-    def statuses(self, task_ids: list[int]) -> dict[int, Status | None]: ...
+    def statuses(self, task_ids: list[int]) -> dict[int, tuple[Status | None, int]]: ...
     def registered(self, task_ids: list[int]) -> list[bool]: ...
     def put_many(self, specs: Iterable[TaskSpec]) -> int: ...
     def delete(self, task_id: int) -> bool: ...
@@ -153,16 +153,21 @@ class RedisTaskRegistry:
                 specs[task_id] = None
         return specs
 
-    def statuses(self, task_ids: list[int]) -> dict[int, Status | None]:
-        """Each task's status (None: unknown), in one round-trip."""
+    def statuses(self, task_ids: list[int]) -> dict[int, tuple[Status | None, int]]:
+        """Each task's status (None: unknown) and when the request that set it was made (ms, Redis
+        clock), in one round-trip."""
         if not task_ids:
             return {}
         with connection_errors("read task statuses"):
             pipe = self.redis.pipeline(transaction=False)
             for task_id in task_ids:
-                pipe.hget(keys.task_spec_key(task_id), "status")
+                pipe.hmget(keys.task_spec_key(task_id), ["status", "status_ms", "updated_at"])
             replies = pipe.execute()
-        return {t: (text(v) if v is not None else None) for t, v in zip(task_ids, replies, strict=True)}  # type: ignore[misc]
+        out: dict[int, tuple[Status | None, int]] = {}
+        for task_id, (status, status_ms, updated_at) in zip(task_ids, replies, strict=True):
+            made = max(int(float(status_ms or 0)), int(float(updated_at or 0) * 1000))
+            out[task_id] = (text(status) if status is not None else None, made)  # type: ignore[assignment]
+        return out
 
     def registered(self, task_ids: list[int]) -> list[bool]:
         """Which of these ids have a spec, in one round-trip."""
