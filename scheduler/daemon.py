@@ -479,7 +479,7 @@ class Daemon:
         except (QueueConnectionError, redis.RedisError) as exc:  # a stop or re-enable not written
             self.metrics.redis_errors.labels("outcome").inc()
             log.warning("Redis error (%s); entry left pending", exc, extra={"entry_id": running.msg.id})
-            self._recover = True
+            outcome = LeavePending("Redis error", recover=True)
         except Exception:
             # left pending, not recovered at once (a bug would loop): a restart or a reclaim takes it up,
             # and the delivery cap ends a crash loop

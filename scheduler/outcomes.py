@@ -90,6 +90,7 @@ class LeavePending:
     takes the entry up again."""
 
     why: str
+    recover: bool = False  # take it up again at once (an error, not a decision)
 
 
 Outcome = Success | Retry | DeadLetter | Skip | LeavePending
@@ -190,16 +191,19 @@ class Outcomes:
                 except queue.Empty:
                     break
             if batch:
+                written = False
                 try:
-                    self._flush(batch)
+                    written = self._flush(batch)
                 except Exception:
                     log.exception("%d outcomes not recorded, entries left pending", len(batch))
-                    self.left_pending.set()
                 finally:
                     for running, _ in batch:
                         self.holdings.forget(running)
+                # after forgetting them, so that the read loop's recovery finds them not held
+                if not written or any(isinstance(o, LeavePending) and o.recover for _, o in batch):
+                    self.left_pending.set()
 
-    def _flush(self, batch: list[tuple[Running, Outcome]]) -> None:
+    def _flush(self, batch: list[tuple[Running, Outcome]]) -> bool:
         ending = [(r, o, self._ending(r, o)) for r, o in batch]
         to_write = [e for _, _, e in ending if e is not None]
         try:
@@ -207,10 +211,10 @@ class Outcomes:
         except (QueueConnectionError, redis.ResponseError) as exc:
             self.metrics.redis_errors.labels("outcome").inc()
             log.error("%d outcomes not recorded, entries left pending: %s", len(to_write), exc)
-            self.left_pending.set()
-            return
+            return False
         for running, outcome, e in ending:
             self._report(running, outcome, next(answers) if e is not None else None)
+        return True
 
     def _ending(self, running: Running, outcome: Outcome) -> Ending | None:
         msg = running.msg
