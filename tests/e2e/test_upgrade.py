@@ -160,6 +160,8 @@ class Mixed:
     fresh_s: float = 0.0
     locks_after_fresh: dict[str, str] = field(default_factory=dict)
     tracebacks: dict[str, int] = field(default_factory=dict)
+    cancelled_by_kill: int = 0  # the killed daemon's crawls that the crawler saw cancelled
+    reenabled_status: dict[int, str] = field(default_factory=dict)
     rereported: dict[int, int] = field(default_factory=dict)  # task → items seen before, reported new again
     notes: list[str] = field(default_factory=list)
 
@@ -168,7 +170,8 @@ class Mixed:
             [
                 f"killed daemon held {len(self.killed_held)} entries; retries parked {dict(self.parked_at_kill)}; "
                 f"locks at the kill {dict(lock_kinds(self.locks_at_kill))}",
-                f"lost {len(self.lost)} {self.lost}; duplicates {self.duplicates} (tasks {self.duplicated_tasks})",
+                f"lost {len(self.lost)} {self.lost}; duplicates {self.duplicates} (tasks {self.duplicated_tasks}); "
+                f"crawls cancelled by the kill {self.cancelled_by_kill}; stopped then re-enabled {self.reenabled_status}",
                 f"pending at rest {self.pending_at_rest}; locks at rest {len(self.locks_at_rest)} "
                 f"{self.locks_at_rest}",
                 f"fresh execute of all {len(TASKS)}: stuck {len(self.stuck)} {self.stuck}, "
@@ -231,6 +234,9 @@ def mixed_run(
     wait_until(at_rest(client, calls_log), 40, 0.2, "rest after the kill")
     calls = read_calls(calls_log)
     ok = Counter(int(c["task_id"]) for c in calls if c["code"] == "OK")
+    seen.cancelled_by_kill = sum(1 for c in calls if c["code"] == "CANCELLED")
+    specs = RedisTaskRegistry(client)
+    seen.reenabled_status = {t: spec.status for t in STOPPED if (spec := specs.get(t)) is not None}
     seen.lost = [t for t in TASKS if ok[t] == 0]
     extra = {t: ok[t] - 1 for t in TASKS if ok[t] > 1 and t not in STOPPED}
     seen.duplicates, seen.duplicated_tasks = sum(extra.values()), sorted(extra)
@@ -295,6 +301,7 @@ def test_rolling_upgrade_old_daemon_killed_new_daemons_take_over(
     assert seen.stuck == [], report
     assert seen.locks_after_fresh == {}, report
     assert set(seen.tracebacks.values()) == {0}, report
+    assert set(seen.reenabled_status.values()) == {"running"}, report
     assert all(daemon.stop() == 0 for daemon in survivors)
 
 
@@ -314,15 +321,41 @@ def test_rollback_new_daemon_killed_old_daemons_take_over(
         survivor=(previous_scheduler, "old-1"),
         replacement=(previous_scheduler, "old-2"),
     )
-    report = seen.report()
+    leftovers = new_release_leftovers(r)
+    report = seen.report() + f"\nleft by the new release: {leftovers}"
     print("\nrollback:\n" + report)
+    # receipts expire within minutes, seen_at sets after app.seen_ttl; the requested hash has no TTL (one
+    # field per task a user asked to run: harmless to the previous release, read again after a re-upgrade)
+    assert 0 < leftovers["receipts_max_ttl_ms"] <= max(120, 4 * LEASE_S) * 1000, report
+    assert leftovers["seen_at_min_ttl_ms"] > 0, report
+    assert leftovers["requested_ttl_ms"] == -1, report
     assert seen.lost == [], report
     assert seen.pending_at_rest == 0, report
     assert seen.duplicates <= len(seen.killed_held), report
     assert seen.stuck == [], report
     assert seen.locks_after_fresh == {}, report
     assert set(seen.tracebacks.values()) == {0}, report
+    assert set(seen.reenabled_status.values()) == {"running"}, report
     assert all(daemon.stop() == 0 for daemon in survivors)
+
+
+def new_release_leftovers(client: redis.Redis) -> dict[str, int]:
+    """Keys only the new release writes, as a rollback leaves them: count and time to live (ms; -1 none)."""
+
+    def ttls(pattern: str) -> list[int]:
+        return [int(client.pttl(k)) for k in client.scan_iter(match=pattern, count=1000)]
+
+    receipts, seen_at = ttls(keys.receipt_prefix(STREAM) + "*"), ttls(f"{STREAM}:seen_at:*")
+    specs = [keys.task_spec_key(t) for t in TASKS]
+    return {
+        "receipts": len(receipts),
+        "receipts_max_ttl_ms": max(receipts, default=0),
+        "seen_at_keys": len(seen_at),
+        "seen_at_min_ttl_ms": min(seen_at, default=0),
+        "requested_fields": int(client.hlen(keys.run_requests_hash(STREAM))),
+        "requested_ttl_ms": int(client.pttl(keys.run_requests_hash(STREAM))),
+        "specs_with_status_ms": sum(1 for k in specs if client.hexists(k, "status_ms")),
+    }
 
 
 def cli(binary: Path, redis_url: str, cwd: Path, *args: str) -> str:
