@@ -167,6 +167,22 @@ class Lifecycle:
             )
         return int(published), int(skipped), (None if int(next_ms) < 0 else int(next_ms) / 1000)
 
+    def sweep_locks(self, cursor: int = 0, scans: int = 10) -> tuple[int, int]:
+        """Delete run locks naming no live run, a few SCAN pages at a time. Returns (cursor, deleted);
+        cursor 0 when a pass is complete."""
+        deleted = 0
+        pattern = keys.run_lock_prefix(self.stream) + "*"
+        with connection_errors("sweep run locks"):
+            for _ in range(scans):
+                cursor, found = self.redis.scan(cursor, match=pattern, count=1000)
+                if found:
+                    lock_keys = [text(k) for k in found]
+                    deleted += int(self.scripts.run("sweep_locks", [self.stream, self.delayed, *lock_keys],
+                                                    [self.group]))  # fmt: skip
+                if cursor == 0:
+                    break
+        return int(cursor), deleted
+
     # -- run locks (the read loop) -----------------------------------------------------------------------
 
     def lock_runs(self, requests: list[RunRequest], consumer: str, pipe: Any = None) -> Any:

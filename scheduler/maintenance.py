@@ -40,6 +40,7 @@ class Maintenance:
         self.breaker = breaker
         self.metrics = metrics
         self.busy = busy
+        self._sweep_cursor = 0
         self.heartbeat_key = keys.heartbeat_key(
             settings.task_queue_stream, settings.task_queue_group, settings.consumer_name
         )
@@ -54,6 +55,7 @@ class Maintenance:
             Job("crawler health", lambda: min(5.0, s.breaker_open_duration), self.check_crawler),
             Job("trim", lambda: s.trim_interval, self.trim),
             Job("consumer reaper", lambda: 600.0, self.reap),
+            Job("run-lock sweep", lambda: 30.0, self.sweep_locks),
         ]
 
     def move_due(self) -> float | None:
@@ -125,6 +127,13 @@ class Maintenance:
         removed = self.consumer.reap_consumers(min_idle_ms=REAP_IDLE_MS)
         if removed:
             log.info("removed idle consumers that owned nothing: %s", ", ".join(removed))
+
+    def sweep_locks(self) -> float | None:
+        self._sweep_cursor, deleted = self.lifecycle.sweep_locks(self._sweep_cursor)
+        if deleted:
+            self.metrics.run_locks_healed.inc(deleted)
+            log.info("deleted %d run locks that named no live run", deleted)
+        return 1.0 if self._sweep_cursor else None  # a pass in progress goes on in a second
 
     def clear_heartbeat(self) -> None:
         """At shutdown: delete the heartbeat if it is still this daemon's (never a successor's, never

@@ -116,6 +116,8 @@ class TaskRunner:
             if running.cancel_reason == "stopped":
                 log.info("crawl cancelled: task stopped", extra=self.extra(msg, code="CANCELLED"))
                 return Skip("cancelled")
+            if running.cancel_reason == "lost":  # ended as not held: frees a lock no one can end
+                return Skip("lost")
             return LeavePending(f"crawl interrupted: {running.cancel_reason}")
         except CrawlerError as exc:
             if exc.transient:

@@ -117,3 +117,30 @@ def test_reclaim_matches_by_id_dead_letters_trimmed_entries_and_claims_live_ones
     assert [(p["message_id"].decode(), p["consumer"]) for p in pending] == [
         (ids[0], b"rescuer"), (ids[3], b"rescuer")]  # fmt: skip
     assert all(p["times_delivered"] == 2 for p in pending)  # the delivery is counted (crash-loop cap)
+
+
+def test_an_entry_no_one_holds_any_more_frees_its_lock_when_its_holder_ends_it(r: redis.Redis) -> None:
+    """The stream deleted under a running crawl (group and entry gone): the holder's ending finds it not
+    held, and the lock naming it goes, instead of waiting for the next request to heal it."""
+    consumer, [entry] = read_all(r, "c", [11])
+    r.set(keys.run_lock_key(S, 11), entry)
+    r.delete(S)
+    assert consumer.ender.end([ok(entry, 11, ["a"])]) == [NOT_HELD]  # type: ignore[list-item]
+    assert r.get(keys.run_lock_key(S, 11)) is None
+
+
+def test_the_sweep_deletes_only_locks_that_name_no_live_run(r: redis.Redis) -> None:
+    from scheduler.config import load_settings
+    from scheduler.lifecycle import Lifecycle
+
+    consumer, [held, gone] = read_all(r, "c", [12, 13])
+    queued = Producer(r).submit_task(14)
+    r.xdel(S, gone)
+    r.xack(S, G, gone)
+    for task, value in ((12, held), (13, gone), (14, queued), (15, "retry:1-1:99"), (16, "junk")):
+        r.set(keys.run_lock_key(S, task), value)
+    r.zadd(keys.delayed_set(S), {"1-1|{}": 99})
+    life = Lifecycle(load_settings(env={}), r)
+    assert life.sweep_locks() == (0, 2)  # 13 (its entry gone) and 16 (names nothing)
+    left = {t for t in (12, 13, 14, 15, 16) if r.get(keys.run_lock_key(S, t))}
+    assert left == {12, 14, 15}

@@ -20,12 +20,13 @@ NAMES = (
     "extend",
     "reclaim",
     "own_pending",
+    "sweep_locks",
     "trim",
     "reap_consumers",
     "dlq_replay",
 )
 # scripts that use the shared functions of prelude.lua (lock liveness, pending checks, Redis time)
-WITH_PRELUDE = frozenset({"end", "lock_runs", "move_due", "publish_due", "set_status"})
+WITH_PRELUDE = frozenset({"end", "lock_runs", "move_due", "publish_due", "set_status", "sweep_locks"})
 
 
 @cache

@@ -106,6 +106,11 @@ while a <= #ARGV do
       answer = string.sub(earlier, #consumer + 2)
     else
       answer = 'not_held'
+      -- no one holds the entry any more (trimmed, the group recreated): its run is over, and a lock
+      -- still naming it would only wait to be healed
+      if redis.call('GET', KEYS[k]) == entry and not lock_live(stream, group, KEYS[4], entry) then
+        redis.call('DEL', KEYS[k])
+      end
     end
   else
     if kind == 'ok' then
