@@ -159,6 +159,9 @@ def check(
         v.details["unexpected"].append(f"task {c.task_id} {c.code} at {c.start:.3f}")
     # tasks with an entry removed by a trim/DEL before anyone read it: their loss is the fault's
     removed = {entry_task[e] for e in deleted.unread if e in entry_task}
+    # ...and tasks with an entry in progress when a DEL took the stream and its group away (a retry's new
+    # entry too): no queue can finish work whose payload and pending list were deleted
+    removed |= {entry_task[e] for e in deleted.pending if e in entry_task}
     windows = [(e.t0 - EVERYSEC_WINDOW_S, e.t0) for e in events if e.kind == "redis-restart" and everysec]
     for task_id, mine in sorted(acked.items()):
         if task_id >= SHARED_BASE:
