@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"== {scenario}: {cmd}", flush=True)
             row = Run(scenario, faults, seed, opts, cmd).execute()
             rows.append(row)
+            if row.error == "interrupted":
+                raise KeyboardInterrupt
             print(f"   {row.verdict} in {row.seconds:.0f}s", flush=True)
             if not row.ok:
                 print(failures([row]), flush=True)

@@ -145,9 +145,8 @@ class Run:
         started = time.monotonic()
         try:
             self._execute()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C: the finally below kills every process; the caller stops
             self.row.error = "interrupted"
-            raise
         except Exception as exc:  # a broken run is a row with an error, not a crash
             self.row.error = f"{type(exc).__name__}: {exc}"
         finally:
