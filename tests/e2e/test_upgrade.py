@@ -5,11 +5,16 @@ tasks (20 of which fail once or twice, so retries are parked by one release and 
 stops and re-enables while both run, kills one release's daemon with SIGKILL mid-work (its entries are
 reclaimed by the other) and starts a second daemon of the surviving release. Then, at rest: nothing lost,
 nothing pending, duplicates bounded by what the killed daemon held, and a fresh execute of every task is
-crawled within a lease and a few seconds ("nothing stuck").
+crawled within a lease and a few seconds ("nothing stuck"). Each prints its figures (``pytest -s``).
+
+The third test measures what a rollback cannot undo: the previous release's ``task add`` deletes a live
+parked-retry lock in the new format (one extra crawl), and keeps a leaked lock until its TTL (>= 1 h).
+The previous release is installed once into ``.venv-previous/`` (tests/e2e/previous_release.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -163,7 +168,6 @@ class Mixed:
     cancelled_by_kill: int = 0  # the killed daemon's crawls that the crawler saw cancelled
     reenabled_status: dict[int, str] = field(default_factory=dict)
     rereported: dict[int, int] = field(default_factory=dict)  # task → items seen before, reported new again
-    notes: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         return "\n".join(
@@ -180,7 +184,6 @@ class Mixed:
                 f"fresh round: {sum(self.rereported.values())} items already seen reported new again, "
                 f"in {len(self.rereported)} tasks (the other release's seen-items key)",
                 f"tracebacks per log {self.tracebacks}",
-                *self.notes,
             ]
         )
 
@@ -199,7 +202,7 @@ def stop_and_reenable(client: redis.Redis) -> None:
         return all(status == b"stopped" for status in pipe.execute())
 
     wait_until(all_stopped, 10, 0.05, "the stops processed")
-    time.sleep(0.05)  # a re-enable made strictly after the stop (the previous release compares seconds)
+    time.sleep(0.05)  # re-enables made strictly after the stops took effect (both releases order by time)
     producer.submit_many(STOPPED, "user_create")
 
 
@@ -218,7 +221,7 @@ def mixed_run(
     RedisTaskRegistry(client).put_many([TaskSpec(t, keyword(t)) for t in TASKS])
     Producer(client).submit_many(list(TASKS), "user_create")
     stop_and_reenable(client)
-    # work in flight on the doomed daemon and retries parked by both releases
+    # work in flight on the doomed daemon, and retries parked (by either release) waiting across the kill
     wait_until(
         lambda: len(pending_of(client, doomed[1])) >= 2 and client.zcard(keys.delayed_set(STREAM)) >= 2,
         10,
@@ -252,11 +255,9 @@ def mixed_run(
     def fresh_crawled() -> set[int]:
         return {int(c["task_id"]) for c in read_calls(calls_log)[before:] if c["code"] == "OK"}
 
-    try:
+    with contextlib.suppress(AssertionError):  # a stuck task is reported below, with everything else
         wait_until(lambda: len(fresh_crawled()) == len(TASKS), LEASE_S + 5, 0.1, "fresh executes crawled")
-        seen.fresh_s = time.monotonic() - started
-    except AssertionError:
-        seen.fresh_s = time.monotonic() - started
+    seen.fresh_s = time.monotonic() - started
     seen.stuck = sorted(set(TASKS) - fresh_crawled())
     wait_until(at_rest(client, calls_log, 0.5), 20, 0.2, "rest after the fresh executes")
     seen.locks_after_fresh = run_locks(client)
