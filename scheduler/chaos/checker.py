@@ -7,8 +7,9 @@ Definitions, per task id:
   transient failures or hangs, ``max_deliveries``, ``payload_lost``). A transient call the daemon
   retried is part of a run, not a run of its own.
 - *lost*: an acknowledged execute of a unique task with no run at all; for a shared task, an
-  acknowledged execute with no OK call that started after it and no later stop. Entries a trim/DEL fault
-  removed before they were finished count as *deleted*, and with ``appendfsync everysec`` submits
+  acknowledged execute with no OK call that started after it and no later stop. Tasks with an entry a
+  trim/DEL fault removed before it was read, or that was pending when a DEL removed the stream and its
+  group, count as *deleted*, and with ``appendfsync everysec`` submits
   acknowledged within the fsync window before a Redis kill count as the *AOF loss window*; neither fails.
 - *unexpected*: calls for a task id nobody submitted.
 - *duplicated*: crawl runs (OK or permanent calls) of a unique task beyond one per acknowledged execute.
