@@ -33,23 +33,20 @@ from scheduler.config import Settings
 from scheduler.crawler import CrawlerClient
 from scheduler.errors import QueueConnectionError
 from scheduler.holdings import Holdings
-from scheduler.lifecycle import Lifecycle, RunRequest, Verdict
+from scheduler.intake import BLOCK_MS, Intake
+from scheduler.lifecycle import Lifecycle
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import Metrics
-from scheduler.outcomes import LeavePending, Outcome, Outcomes, Skip
-from scheduler.registry import TaskSpec
-from scheduler.taskqueue import Consumer, StreamMessage
-from scheduler.taskqueue._redis import connection_errors
+from scheduler.outcomes import Outcomes
+from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import Limits
 from scheduler.timers import Job, TimerThread
-from scheduler.worker import Running, Slots, TaskRunner
+from scheduler.worker import Slots, TaskRunner
 
 if TYPE_CHECKING:
     from scheduler.http import StatusServer
 
 log = logging.getLogger(__name__)
-
-BLOCK_MS = 1000  # XREADGROUP BLOCK: bounds how long a stop request waits for the read loop
 
 
 class Daemon:
@@ -118,6 +115,8 @@ class Daemon:
         self._halt = threading.Event()  # after the drain: stop renewing leases, stop hearing stops
         self.writer = Outcomes(s, self.consumer, self.metrics, self.holdings, give_up=self._forced)
         self.runner = TaskRunner(s, self.crawler, self.breaker, self.metrics, self.lifecycle)
+        self.intake = Intake(s, self.consumer, self.lifecycle, self.holdings, self.slots, self.writer, self.runner,
+                             self.crawler, self.breaker, self.metrics, self._stopping)  # fmt: skip
         self.maintenance = Maintenance(
             s,
             self.consumer,
@@ -131,13 +130,7 @@ class Daemon:
         self._timers: list[TimerThread] = []
         self._control: threading.Thread | None = None
         self._http: StatusServer | None = None
-        self._next_reclaim = 0.0
-        self._next_health = 0.0
         self._redis_failures = 0
-        self._batch: list[StreamMessage] = []  # read, slots reserved, not yet started
-        # A read, reclaim or batch whose reply was lost or dropped may have left entries in this consumer's
-        # pending list that no thread holds: take them up before reading on.
-        self._recover = False
         self.last_loop = time.monotonic()  # /healthz: the loop is turning
         self.started = threading.Event()
 
@@ -173,6 +166,7 @@ class Daemon:
             return
         self.crawler.start()
         self._executor = ThreadPoolExecutor(s.worker_pool_size, thread_name_prefix="worker")
+        self.intake.executor = self._executor
         self.writer.start()
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
@@ -246,7 +240,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self._stopping.set()
-        self._start_batch_in_hand()
+        self.intake.start_batch_in_hand()
         grace = self.settings.shutdown_grace
         if self.slots.busy:
             log.info("draining %d in-flight tasks (grace %.0fs)", self.slots.busy, grace)
@@ -285,7 +279,7 @@ class Daemon:
         while not self._stopping.is_set():
             self.last_loop = time.monotonic()
             try:
-                self._turn()
+                self.intake.turn()
                 if self._redis_failures:
                     log.info("Redis reachable again after %d failed attempts", self._redis_failures)
                     self._redis_failures = 0
@@ -298,242 +292,14 @@ class Daemon:
                 self._redis_down(exc)
             except Exception:
                 log.exception("read loop error; continuing")
-                self._recover = True
+                self.intake.recover = True
                 self._stopping.wait(1.0)
-
-    def _turn(self) -> None:
-        if self._batch:  # read in the previous round-trip, slots reserved: start it, read on
-            batch, self._batch = self._batch, []  # out of hand first: whatever fails, never started twice
-            self._batch = self._advance(batch, read_more=True)
-            return
-        free = self._free(wait=0.5)
-        if free <= 0 or self._stopping.is_set():
-            if free <= 0:
-                self._stopping.wait(0.001)  # the writer is behind: let it catch up
-            return
-        if self.breaker.state == "half_open" and not self._half_open_check():
-            return
-        if not self.breaker.allow():
-            self._stopping.wait(0.2)
-            return
-        probe = self.breaker.state == "half_open"
-        if probe:
-            free = 1  # a crawler without a health service: one probe task decides
-        messages: list[StreamMessage] = []
-        if self.writer.left_pending.is_set():
-            self.writer.left_pending.clear()
-            self._recover = True
-        if self._recover and not self.consumer.resuming:
-            messages = self._recovered(free)
-        # own pending entries come back through the resume read, never through reclaim
-        if not messages and not self.consumer.resuming and time.monotonic() >= self._next_reclaim:
-            messages = self._reclaim(free)
-        if not messages:
-            messages = self.consumer.read(free, block_ms=BLOCK_MS)
-        if messages:
-            self.slots.take(len(messages))
-            self._batch = self._advance(messages, read_more=not probe, probe=probe)
-
-    def _free(self, wait: float = 0.0) -> int:
-        """Worker slots free now; entries held but not yet recorded count too (at most a pool's worth may
-        wait for the writer)."""
-        free = self.slots.wait_free(timeout=wait) if wait else self.slots.size - self.slots.busy
-        return min(free, 2 * self.slots.size - len(self.holdings))
-
-    def _half_open_check(self) -> bool:
-        """Half-open: a health answer decides without spending a task. False: stay out this turn."""
-        now = time.monotonic()
-        if now < self._next_health:
-            return True  # checked a moment ago and it said nothing: the probe task (if any) decides
-        self._next_health = now + 1.0
-        health = self.crawler.health_status(timeout_s=1.0)
-        if health == "SERVING":
-            self.breaker.record_success()
-        elif health in ("NOT_SERVING", "UNREACHABLE"):
-            self.breaker.force_open()  # still down: wait another open period
-            return False
-        return True
-
-    def _recovered(self, count: int) -> list[StreamMessage]:
-        messages = self.consumer.recover(count, held=self.holdings.ids())
-        self._recover = len(messages) >= count  # there may be more
-        if messages:
-            self.metrics.recovered.inc(len(messages))
-            log.warning(
-                "took up %d entries left in this consumer's pending list by a lost reply", len(messages)
-            )
-        return messages
-
-    def _reclaim(self, count: int) -> list[StreamMessage]:
-        self._next_reclaim = time.monotonic() + self.settings.reclaim_interval
-        messages = self.consumer.reclaim(int(self.settings.lease_timeout * 1000), count)
-        if messages:
-            self.metrics.autoclaimed.inc(len(messages))
-            log.warning("reclaimed %d entries from stalled consumers", len(messages))
-            self._next_reclaim = 0.0  # there may be more: look again next turn
-        return messages
-
-    def _advance(
-        self, messages: list[StreamMessage], read_more: bool, probe: bool = False
-    ) -> list[StreamMessage]:
-        """Start the messages in hand (their slots reserved) and, in the same round-trip, read the next
-        batch for the slots still free: under load the read loop costs one round-trip per batch.
-        Returns the next batch, its slots reserved. On an error nothing is started twice: what was not
-        handed on stays pending, and the next turn recovers it."""
-        messages, held = self.holdings.split(messages)  # an entry already held is never started twice
-        for _ in held:
-            self.slots.give()
-        reading = read_more and not self._stopping.is_set() and not self.consumer.resuming
-        more = self._free() if reading and self.breaker.state == "closed" else 0
-        try:
-            specs, verdicts, locked_ms, next_reply = self._classify(messages, more)
-        except BaseException:
-            for _ in messages:
-                self.slots.give()
-            self._recover = True
-            raise
-        self._dispatch(messages, specs, verdicts, locked_ms, probe)
-        if not more:
-            return []
-        try:
-            upcoming = self.consumer.accept(next_reply)
-        except BaseException:
-            self._recover = True
-            raise
-        self.slots.take(len(upcoming))
-        return upcoming
-
-    def _classify(
-        self, messages: list[StreamMessage], read_next: int = 0
-    ) -> tuple[dict[int, TaskSpec | None], dict[str, Verdict], int, object]:
-        """Specs and run locks of a whole batch, and optionally a non-blocking read of the next batch, in
-        one round-trip. Returns (specs, verdicts, Redis time of the locks in ms, the next read's reply)."""
-        executes = [m for m in messages if m.message.action == "execute"]
-        if not executes and not read_next:
-            return {}, {}, 0, None
-        ids = sorted({m.message.task_id for m in executes})
-        requests = [
-            RunRequest(m.message.task_id, m.id, m.message.requested_ms(m.id), m.message.retry,
-                       m.message.source == "user_create")
-            for m in executes
-        ]  # fmt: skip
-
-        def build(pipe: redis.Redis) -> None:
-            self.registry.queue_get_many(pipe, ids)
-            if requests:
-                self.lifecycle.lock_runs(requests, self.consumer.name, pipe)  # safe to run twice
-            if read_next:
-                self.consumer.queue_read(pipe, read_next)
-
-        with connection_errors("read specs and take run locks"):
-            replies = self.consumer.scripts.execute(build, raise_on_error=False)
-        next_reply = replies.pop() if read_next else None
-        if isinstance(next_reply, redis.ResponseError):  # NOGROUP after a flush: the next plain read fixes it
-            log.warning("read of the next batch failed (%s)", next_reply)
-            next_reply = None
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply  # the next read's entries, if any, are recovered next turn
-        locked_ms, verdicts = Lifecycle.verdicts(replies.pop()) if requests else (0, [])
-        specs = self.registry.parse_many(ids, replies)
-        return specs, {m.id: v for m, v in zip(executes, verdicts, strict=True)}, locked_ms, next_reply
-
-    def _dispatch(
-        self,
-        messages: list[StreamMessage],
-        specs: dict[int, TaskSpec | None],
-        verdicts: dict[str, Verdict],
-        locked_ms: int,
-        probe: bool,
-    ) -> None:
-        """Hand each message on: to a worker (a crawl or a stop), or straight to the writer (skips and
-        duplicates). No Redis call here, so nothing can fail half-way through a batch."""
-        assert self._executor is not None
-        for msg in messages:
-            spec = specs.get(msg.message.task_id)
-            outcome = _route(msg, spec, verdicts.get(msg.id))
-            running = Running(msg, probe=probe, started_ms=locked_ms)
-            if isinstance(outcome, LeavePending):  # no longer pending to this consumer: not ours to end
-                self.slots.give()
-                continue
-            self.holdings.add(running)
-            if outcome is not None:
-                self.slots.give()
-                self.writer.submit(running, outcome)
-                continue
-            if verdicts.get(msg.id) == "healed":
-                self.metrics.run_locks_healed.inc()
-                log.warning("run lock of task %d named no live run: taken over", msg.message.task_id)
-            self.metrics.workers_busy.inc()
-            try:
-                self._executor.submit(self._work, running, spec)
-            except RuntimeError:  # the pool is shut down: left pending for a restart
-                self.metrics.workers_busy.dec()
-                self.slots.give()
-                self.holdings.forget(running)
-
-    def _work(self, running: Running, spec: TaskSpec | None) -> None:
-        outcome: Outcome = LeavePending("worker error")
-        try:
-            outcome = self.runner.run(running, spec)
-        except (QueueConnectionError, redis.RedisError) as exc:  # a stop or re-enable not written
-            self.metrics.redis_errors.labels("outcome").inc()
-            log.warning("Redis error (%s); entry left pending", exc, extra={"entry_id": running.msg.id})
-            outcome = LeavePending("Redis error", recover=True)
-        except Exception:
-            # left pending, not recovered at once (a bug would loop): a restart or a reclaim takes it up,
-            # and the delivery cap ends a crash loop
-            log.exception("worker error; entry left pending", extra={"entry_id": running.msg.id})
-        finally:
-            # The worker is free at once: crawls never wait for the writer. The entry stays held (lease
-            # renewed) until the writer has ended it.
-            self.metrics.workers_busy.dec()
-            self.slots.give()
-            self.writer.submit(running, outcome)
-
-    def _start_batch_in_hand(self) -> None:
-        """Entries already read when the stop came are started like any in-flight work (or, if Redis is
-        gone, left pending for a restart or a reclaim)."""
-        if not self._batch:
-            return
-        batch, self._batch = self._batch, []
-        try:
-            self._advance(batch, read_more=False)
-        except Exception as exc:
-            log.warning("%d entries read before the stop left pending (%s)", len(batch), exc)
-            for _ in batch:
-                self.slots.give()
 
     def _redis_down(self, exc: Exception) -> None:
         self._redis_failures += 1
-        self._recover = True  # a read whose reply was lost may have delivered entries to us
+        self.intake.recover = True  # a read whose reply was lost may have delivered entries to us
         self.metrics.redis_errors.labels("read").inc()
         delay = min(5.0, 0.1 * 2 ** min(self._redis_failures, 6)) * random.uniform(0.5, 1.0)
         if self._redis_failures == 1 or self._redis_failures % 10 == 0:
             log.warning("Redis error in read loop (%s); retrying in %.1fs", exc, delay)
         self._stopping.wait(delay)
-
-
-def _route(msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None) -> Outcome | None:
-    """What the read loop does with a message: None hands it to a worker (a crawl, or a stop)."""
-    if msg.message.action == "stop":
-        return None
-    if verdict == "gone":
-        return LeavePending("no longer pending to this consumer")
-    if spec is None:
-        return Skip("skipped")
-    if spec.status == "stopped" and not _restarts(msg, spec):
-        return Skip("skipped")
-    if verdict in ("duplicate", "satisfied"):
-        return Skip("duplicate")
-    return None
-
-
-def _restarts(msg: StreamMessage, spec: TaskSpec) -> bool:
-    """A user's execute made after the task was stopped starts it again (a re-enabled task). One made
-    before the stop (a retry keeps its first request's time), or a replayed dead letter of an older
-    request, does not. Both times are Redis' clock."""
-    task = msg.message
-    if task.source != "user_create" or (task.retry and not task.origin):  # a retry of unknown age: no
-        return False
-    return task.requested_ms(msg.id) > max(spec.status_ms, int(spec.updated_at * 1000))
