@@ -1,8 +1,10 @@
-"""What /proc says about a process: resident memory, and its TCP connections to a port."""
+"""What a process shows: resident memory and TCP connections (from /proc), tracebacks in its log."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 
@@ -49,3 +51,26 @@ def tcp_ports_to(pid: int, remote_port: int) -> frozenset[int]:
             if int(remote.rsplit(":", 1)[1], 16) == remote_port:
                 ports.add(int(local.rsplit(":", 1)[1], 16))
     return frozenset(ports)
+
+
+_RAW_TRACEBACK = re.compile(
+    r"^Traceback \(most recent call last\):\n(?:.*\n){0,200}?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$",
+    re.MULTILINE,
+)
+
+
+def crash_findings(log_text: str) -> list[str]:
+    """One line per distinct traceback in a daemon's log: ``msg: Exception: text`` for a JSON record
+    with one, the exception line for a raw one (printed to stderr)."""
+    found: dict[str, None] = {}
+    for line in log_text.splitlines():
+        if "Traceback" in line and line.startswith("{"):
+            try:
+                record = json.loads(line)
+                exc = str(record.get("exc", "")).strip().splitlines()
+                found[f"{record.get('msg', '')}: {exc[-1] if exc else ''}"] = None
+            except ValueError:
+                found[line.strip()] = None
+    for match in _RAW_TRACEBACK.finditer(log_text):
+        found[f"traceback: {match.group(1).strip()}"] = None
+    return list(found)

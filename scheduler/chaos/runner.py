@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import re
 import shutil
 import signal
 import tempfile
@@ -22,7 +21,7 @@ from scheduler.chaos import state
 from scheduler.chaos.checker import Call, check, parse_calls, parse_dead_letters
 from scheduler.chaos.cluster import GROUP, LEASE_TIMEOUT_S, STREAM, Cluster, Daemon
 from scheduler.chaos.faults import FAULTS, Deleted, Event, Injector
-from scheduler.chaos.procinfo import rss_kib, tcp_ports_to
+from scheduler.chaos.procinfo import crash_findings, rss_kib, tcp_ports_to
 from scheduler.chaos.producer import Feeder, Recorder, Submit, make_workload
 from scheduler.chaos.proxy import FaultyProxy
 from scheduler.chaos.report import Row
@@ -303,8 +302,8 @@ class Run:
             if code not in (0, None) and not daemon.expected_exit:
                 self.crash(f"{daemon.name}: exit code {code}")
             text = daemon.log_path.read_text(errors="replace") if daemon.log_path.exists() else ""
-            for match in re.finditer(r"^.*Traceback.*$", text, re.MULTILINE):
-                self.crash(f"{daemon.name}: {match.group(0)[:300]}")
+            for what in crash_findings(text):
+                self.crash(f"{daemon.name}: {what[:300]}")
         row.crashes = len(self.crashes)
         row.details.setdefault("crash", []).extend(self.crashes)
         for e in self.events:
