@@ -25,7 +25,7 @@ from scheduler.errors import QueueConnectionError
 from scheduler.holdings import Holdings
 from scheduler.lifecycle import Lifecycle, RunRequest, Verdict
 from scheduler.metrics import Metrics
-from scheduler.outcomes import LeavePending, Outcome, Outcomes, Skip
+from scheduler.outcomes import LeavePending, Outcome, Outcomes, Retry, Skip
 from scheduler.registry import TaskSpec
 from scheduler.taskqueue import Consumer, StreamMessage
 from scheduler.taskqueue._redis import connection_errors
@@ -34,6 +34,7 @@ from scheduler.worker import Running, Slots, TaskRunner
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000  # XREADGROUP BLOCK: bounds how long a stop request waits for the read loop
+DEFER_S = 1.0  # a re-enable waiting for the stopped task's previous run to end looks again this often
 
 
 class Intake:
@@ -269,10 +270,8 @@ class Intake:
         batch, self.batch = self.batch, []
         try:
             self._advance(batch, read_more=False)
-        except Exception as exc:
+        except Exception as exc:  # _advance has given their slots back already
             log.warning("%d entries read before the stop left pending (%s)", len(batch), exc)
-            for _ in batch:
-                self.slots.give()
 
 
 def _route(msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None) -> Outcome | None:
@@ -283,8 +282,13 @@ def _route(msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None) -
         return LeavePending("no longer pending to this consumer")
     if spec is None:
         return Skip("skipped")
-    if spec.status == "stopped" and not _restarts(msg, spec):
-        return Skip("skipped")
+    if spec.status == "stopped":
+        if not _restarts(msg, spec):
+            return Skip("skipped")
+        if verdict == "duplicate":
+            # a re-enable behind a run of the stopped task (queued before the stop, or a crawl the stop
+            # is cancelling): acked as a duplicate it would be lost; it comes back once that run is over
+            return Retry(DEFER_S, False, "", "DEFERRED", 0.0)
     if verdict in ("duplicate", "satisfied"):
         return Skip("duplicate")
     return None

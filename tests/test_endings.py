@@ -4,6 +4,7 @@ bound; and reclaim matching entries by id on every Redis version."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -93,6 +94,7 @@ def test_seen_items_are_bounded_to_the_most_recently_seen(r: redis.Redis) -> Non
     ender: Ender = consumer.ender
     first_ids = [f"old{i}" for i in range(5)]
     for batch in (first_ids, ["new0", "new1", "new2"]):
+        time.sleep(0.002)  # seen a millisecond later: ties in the score would be broken by name
         Producer(r).submit_task(9)
         [msg] = consumer.read(1, block_ms=100)
         ender.end([ok(msg.id, 9, batch)])  # type: ignore[list-item]
@@ -133,7 +135,7 @@ def test_the_sweep_deletes_only_locks_that_name_no_live_run(r: redis.Redis) -> N
     from scheduler.config import load_settings
     from scheduler.lifecycle import Lifecycle
 
-    consumer, [held, gone] = read_all(r, "c", [12, 13])
+    _, [held, gone] = read_all(r, "c", [12, 13])
     queued = Producer(r).submit_task(14)
     r.xdel(S, gone)
     r.xack(S, G, gone)

@@ -1,5 +1,5 @@
-"""Hostile review of 6d2b5df..HEAD (endings, run locks, status ordering): each test shows a promise the
-change breaks, against a real redis-server. Strict xfails: a fix turns them into failures to be removed."""
+"""Hostile review of 6d2b5df..HEAD (endings, run locks, status ordering): each test showed a promise the
+change broke, against a real redis-server, and holds since its fix. A strict xfail is a finding still open."""
 
 from __future__ import annotations
 
@@ -65,11 +65,6 @@ def _execute(task_id: int, source: str = "user_create") -> str:
 # -- 1. a re-enable collapsed into a run that is then skipped -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lock_runs gives a re-enable 'duplicate' behind an older execute of the stopped task (which "
-    "_route then skips as stopped): the user's re-enable is acked as a duplicate and the task stays stopped",
-)
 def test_a_re_enable_queued_behind_an_older_execute_of_the_stopped_task_is_not_lost(
     r: redis.Redis, redis_server: RedisServer, crawler_stub: CrawlerStub,
     start_daemon: Callable[[], Daemon],
@@ -84,10 +79,12 @@ def test_a_re_enable_queued_behind_an_older_execute_of_the_stopped_task_is_not_l
     time.sleep(0.005)
     Producer(r).submit_task(7, "user_create")
     start_daemon()
-    wait_until(lambda: r.xlen(S) == 2 and pending_count(r) == 0 and r.xinfo_groups(S), 10, what="both ended")
-    time.sleep(0.3)
-    assert _status(r, 7) == "running"  # the latest request, made after the stop, was to run it
+    # the re-enable waits (deferred, not acked as a duplicate) until the skipped run's lock is gone
+    wait_until(
+        lambda: _status(r, 7) == "running", 10, what="the latest request, made after the stop, runs it"
+    )
     assert r.zscore(keys.schedule_set(S), "7") is not None
+    wait_until(lambda: any(c["task_id"] == "7" for c in crawler_stub.calls), 5, what="crawled")
 
 
 # -- 2. equal milliseconds: the order of a stop and a re-enable is lost ---------------------------------
@@ -121,12 +118,6 @@ def test_a_re_enable_made_after_a_stop_in_the_same_millisecond_wins(
 # -- 3. register from a host whose clock is ahead of Redis' -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="put_many stamps updated_at with the caller's wall clock; set_status then judges the 'run' "
-    "(made = Redis time) stale against it: a task registered from a host a little ahead of Redis is "
-    "marked running but never scheduled (no periodic run ever)",
-)
 def test_register_from_a_host_whose_clock_is_ahead_schedules_the_task(
     r: redis.Redis, redis_server: RedisServer, crawler_stub: CrawlerStub
 ) -> None:
@@ -142,12 +133,6 @@ def test_register_from_a_host_whose_clock_is_ahead_schedules_the_task(
 # -- 4. slots given back twice when the batch in hand cannot start at shutdown ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_start_batch_in_hand gives the batch's slots back after _advance already gave them on the "
-    "classify error: Slots.busy goes negative, and the drain loop (busy truthy, wait_idle returning at "
-    "once) spins until the grace deadline and forces",
-)
 def test_a_batch_in_hand_that_cannot_start_at_shutdown_gives_its_slots_back_once(
     redis_factory: Callable[..., RedisServer], crawler_stub: CrawlerStub
 ) -> None:
@@ -161,10 +146,10 @@ def test_a_batch_in_hand_that_cannot_start_at_shutdown_gives_its_slots_back_once
         batch = d.consumer.read(2, block_ms=100)
         assert len(batch) == 2
         d.slots.take(len(batch))  # as _advance does for the pipelined next read
-        d._batch = batch
+        d.intake.batch = batch
         server.kill()  # Redis gone when the stop comes
         d._stopping.set()
-        d._start_batch_in_hand()
+        d.intake.start_batch_in_hand()
         assert d.slots.busy == 0
     finally:
         d._stopping.set()
@@ -180,12 +165,6 @@ def test_a_batch_in_hand_that_cannot_start_at_shutdown_gives_its_slots_back_once
 # -- 5. Redis 7: a lease renewal silently drops a held entry whose payload was deleted -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="extend.lua's XCLAIM JUSTID on Redis >= 7.0 removes a deleted entry from the PEL: a held "
-    "entry whose payload was XDEL'd vanishes (no outcome, no payload_lost dead letter), and extend even "
-    "reports it still owned; on 6.2 it stays pending",
-)
 def test_renewing_the_lease_of_a_held_entry_whose_payload_was_deleted_keeps_it_accounted_for(
     r: redis.Redis,
 ) -> None:
@@ -203,12 +182,6 @@ def test_renewing_the_lease_of_a_held_entry_whose_payload_was_deleted_keeps_it_a
 # -- 6. entry ids ahead of Redis' clock: an operator's stop is refused as stale ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the run-requests hash stores entry-id milliseconds, set_status compares a direct call's Redis "
-    "TIME against them: while the stream's last id is ahead of the clock (Redis keeps ids monotonic after "
-    "a clock step back, or an AOF moved to a host behind), `task stop` is judged older and ignored",
-)
 def test_a_cli_stop_after_a_user_request_is_applied_while_entry_ids_run_ahead_of_the_clock(
     r: redis.Redis, redis_server: RedisServer, crawler_stub: CrawlerStub
 ) -> None:
@@ -234,12 +207,6 @@ def test_a_cli_stop_after_a_user_request_is_applied_while_entry_ids_run_ahead_of
 # -- 7. a recovered entry keeps its old idle time: another daemon reclaims it at once ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="own_pending.lua / Consumer.recover take an entry up without resetting its idle time: one "
-    "left pending long (an ending given up while Redis was unreachable) is reclaimed by another daemon "
-    "right after this one started it again, and both crawl",
-)
 def test_an_entry_taken_up_by_recover_is_not_reclaimed_by_another_daemon_at_once(r: redis.Redis) -> None:
     a = Consumer(r, None, S, G, "a")
     b = Consumer(r, None, S, G, "b")

@@ -11,7 +11,7 @@
 --       seen items kept per task, receipt key prefix, lock ttl ms, then per outcome: kind, entry id,
 --       task id, n, and n arguments of the kind:
 --   ok     status, total found, crawled at, items json, crawl start ms (Redis clock), source ids...
---   retry  payload (retry incremented), delay ms, error text
+--   retry  payload (retry incremented), delay ms, error text ('' writes no status: a deferral)
 --   dead   payload, reason, failed at, error text ('' writes no status)
 --   ack    (none)
 -- Returns one answer per outcome: 'ok:<new items>', 'retry', 'dead', 'ack', or 'not_held'.
@@ -82,7 +82,9 @@ local function retry(k, entry, a)
   if redis.call('GET', lock) == entry then
     redis.call('SET', lock, handed, 'PX', ARGV[10])
   end
-  set_status(k, 'failed', ARGV[a + 2])
+  if ARGV[a + 2] ~= '' then  -- '': deferred, not failed
+    set_status(k, 'failed', ARGV[a + 2])
+  end
   return 'retry'
 end
 

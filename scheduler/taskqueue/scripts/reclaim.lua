@@ -12,7 +12,10 @@ local claimed, lost = {}, {}
 for _, p in ipairs(candidates) do
   local id = p[1]
   local entry = redis.call('XRANGE', KEYS[1], id, id)
-  if #entry == 0 then
+  if p[2] == ARGV[2] then
+    -- its own: held by a thread (renewal stalled) or left by a lost reply, which recovery takes up;
+    -- claimed here it would count a delivery against an entry that may be running
+  elseif #entry == 0 then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'original_id', id, 'payload', '',
       'reason', 'payload_lost: entry was trimmed or deleted', 'failed_at', ARGV[6])
     redis.call('XACK', KEYS[1], ARGV[1], id)

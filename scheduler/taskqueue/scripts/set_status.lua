@@ -10,7 +10,7 @@
 -- nothing changed) or 'unknown' (no such task; a stop still cleans its schedule and lock).
 local task, op, who = ARGV[1], ARGV[2], ARGV[5]
 local now = now_ms()
-local made = tonumber(ARGV[3]) or now
+local made = tonumber(ARGV[3])
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 -- the previous release stamps only updated_at (seconds): the later of the two counts
 local current = math.max(tonumber(redis.call('HGET', KEYS[1], 'status_ms') or '') or 0,
@@ -18,7 +18,11 @@ local current = math.max(tonumber(redis.call('HGET', KEYS[1], 'status_ms') or ''
 if op == 'stop' then  -- a user asked the task to run after this stop was made: the stop is stale
   current = math.max(current, tonumber(redis.call('HGET', KEYS[10], task)) or 0)
 end
-if exists and op ~= 'delete' and made < current then
+if not made then
+  -- a direct call (CLI, register) is made now and always applies; stamped no earlier than the last
+  -- change, so entry ids running ahead of Redis' clock cannot make it look older than what it overrides
+  made = math.max(now, current)
+elseif exists and op ~= 'delete' and made < current then
   return {'stale', current}
 end
 if op == 'run' then
