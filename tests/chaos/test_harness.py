@@ -91,17 +91,7 @@ def run(scenario: str, seed: str, opts: Options) -> None:
         ("proxy", "ci-1"),
         ("redis-restart", "ci-1"),
         ("crawler", "ci-1"),
-        pytest.param(
-            "trim",
-            "ci-1",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="daemon bug: an entry read and then trimmed (XTRIM MAXLEN 0) while pending is forgotten: "
-                "its outcome is dropped as 'entry no longer held by this consumer', no retry, no dead letter, "
-                "and its run marker (<stream>:inflight:<task>) is left; intermittent at this length "
-                "(python -m scheduler.chaos --scenario trim --seed 11 --seconds 20 fails)",
-            ),
-        ),
+        ("trim", "ci-1"),
     ],
 )
 def test_scenario(name: str, seed: str) -> None:
