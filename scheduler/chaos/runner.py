@@ -297,10 +297,14 @@ class Run:
         row.duplicated, row.bound, row.dead_letters = v.duplicated, v.bound, v.dead_letters
         for kind, lines in v.details.items():
             row.details.setdefault(kind, []).extend(lines)
+        scanned: set[Path] = set()
         for daemon in self.cluster.all_daemons:
             code = daemon.process.returncode
             if code not in (0, None) and not daemon.expected_exit:
                 self.crash(f"{daemon.name}: exit code {code}")
+            if daemon.log_path in scanned:  # a name restarted shares its log file
+                continue
+            scanned.add(daemon.log_path)
             text = daemon.log_path.read_text(errors="replace") if daemon.log_path.exists() else ""
             for what in crash_findings(text):
                 self.crash(f"{daemon.name}: {what[:300]}")
