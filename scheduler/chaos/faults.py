@@ -127,7 +127,7 @@ class Injector(threading.Thread):
             unread = {e for e in ids if entry_key(e) > entry_key(last)}
             self.h.deleted.unread |= unread
             if delete:
-                self.h.deleted.pending |= held & set(ids)
+                self.h.deleted.pending |= held  # every pending entry: the DEL took the group and its list
             what = "DEL" if delete else "XTRIM MAXLEN 0"
             self.h.log(Event("trim", now, now, detail=f"{what}: {len(ids)} entries, {len(unread)} unread"))
 
