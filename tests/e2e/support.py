@@ -109,6 +109,7 @@ class Daemons:
             **env,
         }
         log_path = self.tmp / f"{name}.log"
+        before = _count_started(log_path)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [str(SCHEDULER), "run", "--consumer", name, "--workers", str(workers)],
@@ -119,14 +120,12 @@ class Daemons:
         daemon = DaemonProcess(name, process, log_path)
         self.started.append(daemon)
         if wait:
-            client = redis.Redis.from_url(self.redis_url)
-            key = keys.heartbeat_key(full_env.get("APP_TASK_QUEUE_STREAM", STREAM), GROUP, name)
-            try:
-                wait_until(
-                    lambda: client.exists(key) or process.poll() is not None, 15, what=f"{name} heartbeat"
-                )
-            finally:
-                client.close()
+            # "daemon started" is logged after start-up (name claimed, scripts loaded, threads running); the
+            # heartbeat key alone is written earlier, by the name claim, and survives a kill -9
+            def started() -> bool:
+                return process.poll() is not None or _count_started(log_path) > before
+
+            wait_until(started, 15, what=f"{name} started")
             assert process.poll() is None, f"{name} exited early:\n{log_path.read_text()[-3000:]}"
         return daemon
 
@@ -181,3 +180,10 @@ def pending_count(client: redis.Redis) -> int:
         return int(client.xpending(STREAM, GROUP)["pending"])
     except redis.ResponseError:
         return 0
+
+
+def _count_started(log_path: Path) -> int:
+    """How many times a daemon logging to this file (appended to by restarts of one name) has started."""
+    if not log_path.exists():
+        return 0
+    return log_path.read_text(errors="replace").count('"msg": "daemon started"')
