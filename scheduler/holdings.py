@@ -54,15 +54,15 @@ class Holdings:
 
     # -- cancellation -----------------------------------------------------------------------------------
 
-    def cancel_task(self, task_id: int, reason: str, made_before_ms: int | None = None) -> None:
+    def cancel_task(self, task_id: int, reason: str, made_before: int | None = None) -> None:
         """Cancel this daemon's crawls of the task ("stopped": acked, not retried); with
-        ``made_before_ms``, only runs requested before then (a run requested after a stop, i.e. a
+        ``made_before``, only runs requested before then (a run requested after a stop, i.e. a
         re-enable, is not that stop's to cancel)."""
         with self._lock:
             targets = [r for r in self._held.values() if r.msg.message.task_id == task_id]
         for running in targets:
             msg = running.msg
-            if made_before_ms is not None and msg.message.requested_ms(msg.id) >= made_before_ms:
+            if made_before is not None and msg.message.requested_at(msg.id) >= made_before:
                 continue
             if msg.message.action == "execute" and running.cancel_reason is None:
                 running.cancel_reason = reason
@@ -109,9 +109,9 @@ class Holdings:
                 )
         if not task_ids:
             return
-        for task_id, (status, made_ms) in self.registry.statuses(task_ids).items():
+        for task_id, (status, made_at) in self.registry.statuses(task_ids).items():
             if status == "stopped":
-                self.cancel_task(task_id, "stopped", made_before_ms=made_ms)
+                self.cancel_task(task_id, "stopped", made_before=made_at)
             elif status is None:  # deleted
                 self.cancel_task(task_id, "stopped")
 

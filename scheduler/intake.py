@@ -184,7 +184,7 @@ class Intake:
             return {}, {}, 0, None
         ids = sorted({m.message.task_id for m in executes})
         requests = [
-            RunRequest(m.message.task_id, m.id, m.message.requested_ms(m.id), m.message.retry,
+            RunRequest(m.message.task_id, m.id, m.message.requested_at(m.id), m.message.retry,
                        m.message.source == "user_create")
             for m in executes
         ]  # fmt: skip
@@ -301,4 +301,4 @@ def _restarts(msg: StreamMessage, spec: TaskSpec) -> bool:
     task = msg.message
     if task.source != "user_create" or (task.retry and not task.origin):  # a retry of unknown age: no
         return False
-    return task.requested_ms(msg.id) > max(spec.status_ms, int(spec.updated_at * 1000))
+    return task.requested_at(msg.id) > max(spec.status_at, int(spec.updated_at * 1_000_000))

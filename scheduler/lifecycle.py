@@ -47,7 +47,7 @@ class RunRequest:
 
     task_id: int
     entry_id: str
-    requested_ms: int  # when the request was made (its first entry's id time)
+    requested_at: int  # when the request was made: its first entry's id as a stamp (entry_stamp)
     retry: int
     by_user: bool  # source user_create: also orders later-processed stops
 
@@ -88,18 +88,18 @@ class Lifecycle:
         )
         return {spec.task_id: entry_id for spec, entry_id in zip(running, ids, strict=True)}
 
-    def resume(self, task_id: int, requested_ms: int | None = None) -> Change:
+    def resume(self, task_id: int, requested_at: int | None = None) -> Change:
         """A user asked a stopped task to run again: running, back on the schedule, unless a stop made
-        after ``requested_ms`` exists ('stale') or the task was deleted ('unknown')."""
-        change = self._change(task_id, "run", requested_ms, "")
+        after ``requested_at`` exists ('stale') or the task was deleted ('unknown')."""
+        change = self._change(task_id, "run", requested_at, "")
         if change == "applied":
             log.info("task resumed", extra={"task_id": task_id})
         return change
 
-    def stop(self, task_id: int, who: str, requested_ms: int | None = None) -> Change:
+    def stop(self, task_id: int, who: str, requested_at: int | None = None) -> Change:
         """Mark stopped, unschedule, drop its parked retry and run lock, and tell every daemon (pub/sub),
-        unless a request to run it was made after ``requested_ms`` (then 'stale': nothing changes)."""
-        change = self._change(task_id, "stop", requested_ms, who)
+        unless a request to run it was made after ``requested_at`` (then 'stale': nothing changes)."""
+        change = self._change(task_id, "stop", requested_at, who)
         log.info(
             "task stopped by %s"
             if change != "stale"
@@ -113,13 +113,13 @@ class Lifecycle:
         """Stop everywhere and forget the task (spec, schedule, seen items, last success)."""
         return self._change(task_id, "delete", None, who) != "unknown"
 
-    def _change(self, task_id: int, op: str, requested_ms: int | None, who: str) -> Change:
+    def _change(self, task_id: int, op: str, requested_at: int | None, who: str) -> Change:
         with connection_errors(f"{op} task {task_id}"):
-            answer, _ = self._queue_change(self.redis, task_id, op, requested_ms, who)
+            answer, _ = self._queue_change(self.redis, task_id, op, requested_at, who)
         return text(answer)  # type: ignore[return-value]
 
     def _queue_change(
-        self, client: Any, task_id: int, op: str, requested_ms: int | None, who: str, interval_s: float = 0
+        self, client: Any, task_id: int, op: str, requested_at: int | None, who: str, interval_s: float = 0
     ) -> Any:
         keys_ = [
             keys.task_spec_key(task_id),
@@ -136,7 +136,7 @@ class Lifecycle:
         if op == "run" and not interval_s:
             spec = self.registry.get(task_id)
             interval_s = self.interval_of(spec) if spec else self.settings.schedule_interval
-        args = [task_id, op, "" if requested_ms is None else requested_ms, int(interval_s * 1000),
+        args = [task_id, op, "" if requested_at is None else requested_at, int(interval_s * 1000),
                 who[:200], self.group, keys.control_channel(self.stream)]  # fmt: skip
         return self.scripts.run("set_status", keys_, args, client=client)
 
@@ -191,7 +191,7 @@ class Lifecycle:
                  *(self.lock_key(r.task_id) for r in requests)]  # fmt: skip
         args: list[str | int] = [self.group, consumer, self.lock_ttl_ms]
         for r in requests:
-            args += [r.entry_id, r.task_id, r.requested_ms, r.retry, "1" if r.by_user else ""]
+            args += [r.entry_id, r.task_id, r.requested_at, r.retry, "1" if r.by_user else ""]
         if pipe is not None:
             self.scripts.queue(pipe, "lock_runs", keys_, args)
             return None

@@ -45,9 +45,9 @@ class TaskSpec:
     status: Status = "running"
     interval_s: float | None = None  # None: the daemon's schedule_interval
     updated_at: float = field(default_factory=time.time)
-    # when the request that set the status was made, on Redis' clock (0: not set yet); orders stops and
-    # re-enables by when they were made
-    status_ms: int = 0
+    # when the request that set the status was made, on Redis' clock, as a stamp (ms * 1000 + entry seq,
+    # or Redis TIME in µs; 0: not set yet): orders stops and re-enables by when they were made
+    status_at: int = 0
 
     def __post_init__(self) -> None:
         check_task_id(self.task_id)
@@ -89,8 +89,8 @@ class TaskSpec:
         for name in ("min_price", "max_price", "limit"):
             if name in kwargs:
                 kwargs[name] = int(kwargs[name])
-        if "status_ms" in kwargs:
-            kwargs["status_ms"] = int(float(kwargs["status_ms"]))
+        if "status_at" in kwargs:
+            kwargs["status_at"] = int(float(kwargs["status_at"]))
         for name in ("interval_s", "updated_at"):
             if name in kwargs:
                 kwargs[name] = float(kwargs[name])
@@ -154,18 +154,18 @@ class RedisTaskRegistry:
         return specs
 
     def statuses(self, task_ids: list[int]) -> dict[int, tuple[Status | None, int]]:
-        """Each task's status (None: unknown) and when the request that set it was made (ms, Redis
-        clock), in one round-trip."""
+        """Each task's status (None: unknown) and when the request that set it was made (a stamp, see
+        ``TaskSpec.status_at``), in one round-trip."""
         if not task_ids:
             return {}
         with connection_errors("read task statuses"):
             pipe = self.redis.pipeline(transaction=False)
             for task_id in task_ids:
-                pipe.hmget(keys.task_spec_key(task_id), ["status", "status_ms", "updated_at"])
+                pipe.hmget(keys.task_spec_key(task_id), ["status", "status_at", "updated_at"])
             replies = pipe.execute()
         out: dict[int, tuple[Status | None, int]] = {}
-        for task_id, (status, status_ms, updated_at) in zip(task_ids, replies, strict=True):
-            made = max(int(float(status_ms or 0)), int(float(updated_at or 0) * 1000))
+        for task_id, (status, status_at, updated_at) in zip(task_ids, replies, strict=True):
+            made = max(int(float(status_at or 0)), int(float(updated_at or 0) * 1_000_000))
             out[task_id] = (text(status) if status is not None else None, made)  # type: ignore[assignment]
         return out
 

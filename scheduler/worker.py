@@ -98,7 +98,7 @@ class TaskRunner:
         wait = time.time() - entry_time(msg.id)  # a retry's wait starts at its re-add; no producer clock
         if 0 <= wait < 86400:
             self.metrics.queue_wait.observe(wait)
-        requested = task.requested_ms(msg.id)
+        requested = task.requested_at(msg.id)
         if task.action == "stop":
             # ordered by when the stop was made; every daemon's crawl of the task is cancelled through
             # the control channel the script publishes on

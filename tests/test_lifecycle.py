@@ -10,6 +10,7 @@ from scheduler.lifecycle import Lifecycle, RunRequest
 from scheduler.redis_server import RedisServer
 from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import Consumer, Producer, StreamMessage, TaskMessage, keys
+from scheduler.taskqueue.message import entry_stamp
 
 S = keys.DEFAULT_STREAM
 
@@ -90,7 +91,7 @@ def test_a_run_still_held_is_skipped_not_stacked(life: Lifecycle, r: redis.Redis
 
 
 def lock(life: Lifecycle, consumer: Consumer, task_id: int, entry_id: str, retry: int = 0) -> str:
-    _, [verdict] = life.verdicts(life.lock_runs([RunRequest(task_id, entry_id, int(entry_id.split("-")[0]), retry,
+    _, [verdict] = life.verdicts(life.lock_runs([RunRequest(task_id, entry_id, entry_stamp(entry_id), retry,
                                                             False)], consumer.name))  # fmt: skip
     return verdict
 
@@ -114,7 +115,7 @@ def test_run_locks_collapse_duplicates_and_satisfied_requests(
     assert lock(life, Consumer(r, None, S, settings.task_queue_group, "other"), 9, fourth) == "gone"
     a, b, c = Producer(r).submit_many([10, 10, 11])
     consumer.read(10, block_ms=100)
-    requests = [RunRequest(t, e, int(e.split("-")[0]), 0, False) for t, e in ((10, a), (10, b), (11, c))]
+    requests = [RunRequest(t, e, entry_stamp(e), 0, False) for t, e in ((10, a), (10, b), (11, c))]
     assert life.verdicts(life.lock_runs(requests, consumer.name))[1] == ["run", "duplicate", "run"]
 
 
@@ -185,14 +186,14 @@ def test_a_stop_made_before_a_re_enable_but_processed_after_it_changes_nothing(
     stop_made = Producer(r).stop_task(21)
     time.sleep(0.005)
     life.register([TaskSpec(21, "x", interval_s=60)])  # `task add` after the stop was queued
-    assert life.stop(21, "stop message", int(stop_made.split("-")[0])) == "stale"
+    assert life.stop(21, "stop message", entry_stamp(stop_made)) == "stale"
     spec = RedisTaskRegistry(r).get(21)
     assert spec is not None and spec.status == "running" and r.zscore(life.schedule, "21") is not None
-    later = int(time.time() * 1000) + 10
+    later = int(time.time() * 1_000_000) + 10_000
     assert life.stop(21, "stop message", later) == "applied"
-    assert life.resume(21, later - 5) == "stale"  # a request made before that stop does not restart it
+    assert life.resume(21, later - 1) == "stale"  # a request made before that stop does not restart it
     assert RedisTaskRegistry(r).get(21).status == "stopped"  # type: ignore[union-attr]
-    assert life.resume(21, later + 5) == "applied"
+    assert life.resume(21, later + 1) == "applied"
     assert r.zscore(life.schedule, "21") is not None
 
 

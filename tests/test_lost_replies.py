@@ -46,7 +46,7 @@ def test_an_ending_sent_again_after_its_reply_was_lost_gives_the_same_answer(
     Producer(r).submit_task(31, "user_create")
     [msg] = direct.read(1, block_ms=100)
     life = Lifecycle(settings, r)
-    life.lock_runs([RunRequest(31, msg.id, int(msg.id.split("-")[0]), 0, False)], "c")
+    life.lock_runs([RunRequest(31, msg.id, msg.message.requested_at(msg.id), 0, False)], "c")
     assert r.get(life.lock_key(31)) == msg.id.encode()
 
     retrying = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 3))  # redis-py's own habit

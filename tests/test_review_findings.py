@@ -90,12 +90,6 @@ def test_a_re_enable_queued_behind_an_older_execute_of_the_stopped_task_is_not_l
 # -- 2. equal milliseconds: the order of a stop and a re-enable is lost ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stops and re-enables are ordered by the entry id's milliseconds only: a stop and a later "
-    "user_create in the same ms (or every entry while the stream's last id is ahead of the clock) tie, "
-    "and the tie goes to the stop (set_status 'made < current', _restarts '>')",
-)
 def test_a_re_enable_made_after_a_stop_in_the_same_millisecond_wins(
     r: redis.Redis, redis_server: RedisServer, crawler_stub: CrawlerStub,
     start_daemon: Callable[[], Daemon],
@@ -198,7 +192,7 @@ def test_a_cli_stop_after_a_user_request_is_applied_while_entry_ids_run_ahead_of
     r.xadd(S, {"data": _execute(12)}, id=f"{ahead}-0")
     [msg] = consumer.read(1, block_ms=100)
     life.lock_runs(
-        [RunRequest(12, msg.id, msg.message.requested_ms(msg.id), 0, True)], "c"
+        [RunRequest(12, msg.id, msg.message.requested_at(msg.id), 0, True)], "c"
     )  # what the read loop does with a user's execute
     assert life.stop(12, "cli") == "applied"  # the operator's stop, made after that request
     assert _status(r, 12) == "stopped"

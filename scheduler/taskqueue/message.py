@@ -58,9 +58,9 @@ class TaskMessage:
         """This message as re-added after entry ``entry_id`` failed: retry + 1, the first request kept."""
         return replace(self, retry=self.retry + int(count_retry), origin=self.origin or entry_id)
 
-    def requested_ms(self, entry_id: str) -> int:
-        """When the request was made, on Redis' clock: its first entry's id time."""
-        return entry_ms(self.origin or entry_id)
+    def requested_at(self, entry_id: str) -> int:
+        """When the request was made, on Redis' clock: its first entry's id, as a stamp."""
+        return entry_stamp(self.origin or entry_id)
 
     def encode(self) -> str:
         # Key order and compact separators as Go's json.Marshal writes them.
@@ -75,6 +75,14 @@ class TaskMessage:
 def entry_ms(entry_id: str) -> int:
     """The milliseconds part of a stream entry id: when Redis added the entry."""
     return int(entry_id.split("-", 1)[0])
+
+
+def entry_stamp(entry_id: str) -> int:
+    """An entry id as one ordered number, ``ms * 1000 + seq`` (seq capped at 999): the unit of every
+    request time that orders stops and re-enables (Redis TIME in microseconds is on the same scale), so
+    two requests in one millisecond keep their order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms) * 1000 + min(int(seq or 0), 999)
 
 
 def check_task_id(task_id: object) -> int:

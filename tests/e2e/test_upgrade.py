@@ -355,7 +355,7 @@ def new_release_leftovers(client: redis.Redis) -> dict[str, int]:
         "seen_at_min_ttl_ms": min(seen_at, default=0),
         "requested_fields": int(client.hlen(keys.run_requests_hash(STREAM))),
         "requested_ttl_ms": int(client.pttl(keys.run_requests_hash(STREAM))),
-        "specs_with_status_ms": sum(1 for k in specs if client.hexists(k, "status_ms")),
+        "specs_with_status_at": sum(1 for k in specs if client.hexists(k, "status_at")),
     }
 
 

@@ -3,8 +3,8 @@
 -- A user's request (source user_create) is also noted in the run-requests hash, so that a stop made
 -- before it but processed after it changes nothing (set_status.lua reads it).
 -- KEYS: stream, delayed set, last-success hash, run-requests hash, then one run lock per entry.
--- ARGV: group, consumer, lock ttl ms, then five per entry: entry id, task id, request time ms, retry,
---       '1' for a user's request ('' otherwise).
+-- ARGV: group, consumer, lock ttl ms, then five per entry: entry id, task id, request stamp (its first
+--       entry's id as ms * 1000 + seq), retry, '1' for a user's request ('' otherwise).
 -- Returns {Redis time ms, then one verdict per entry}: 'run' (the entry now holds its task's run lock),
 -- 'healed' (the same, taking over a lock that named no live run), 'duplicate' (a live run of the task is
 -- queued, parked or in flight), 'satisfied' (a crawl that started after this request was made has
@@ -17,6 +17,7 @@ local out = {now_ms()}
 for i = 5, #KEYS do
   local a = (i - 5) * 5 + 4
   local entry, task, made, retry = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local made_ms = math.floor(made / 1000)
   local verdict
   if pending_to(stream, group, entry) ~= consumer then
     verdict = 'gone'
@@ -39,7 +40,7 @@ for i = 5, #KEYS do
       verdict = owner and 'healed' or 'run'
       if retry == 0 then
         local last = redis.call('HGET', KEYS[3], task)
-        if last and tonumber(last) >= made then
+        if last and tonumber(last) >= made_ms then
           verdict = 'satisfied'
         end
       end
