@@ -97,7 +97,11 @@ class Run:
             self.crashes.append(what)
 
     def start_daemon(self, name: str | None) -> Daemon:
-        return self.cluster.start_daemon(name, wait=False)
+        """A restart; a name another injector has just restarted gets a new name instead (two daemons on
+        one name are refused by the daemon itself, which is right, and no crash)."""
+        with self.daemon_lock:
+            live = self.cluster.live.get(name) if name else None
+            return self.cluster.start_daemon(None if live and live.alive() else name, wait=False)
 
     def ports_of(self, daemon: Daemon) -> frozenset[int]:
         ports = tcp_ports_to(daemon.pid, self.cluster.crawler.port)
