@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType, TracebackType
+from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crawler_stub.service import Call, CallRecorder, CrawlerServicer
 from scheduler._proto import crawler_pb2_grpc
+from scheduler.signals import Signals
 
 SERVICE_NAME = "crawler.CrawlerService"
 # Hung calls hold a server thread until the client gives up; a large pool keeps a burst of them from
@@ -126,18 +125,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _force_exit(_name: str, forced: bool) -> None:
+    if forced:
+        raise SystemExit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    stop = threading.Event()
-    signals = 0
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # record only; the main loop stops the server. A second signal forces an immediate exit.
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            raise SystemExit(1)
-        stop.set()
+    signals = Signals(_force_exit)  # the first SIGTERM/SIGINT stops the server; a second exits at once
 
     stub = CrawlerStub(
         args.port,
@@ -152,11 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"goodshunter-crawler-stub: {exc}", file=sys.stderr)
         return 1
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    signals.install()
     # the first line is the contract with whoever started us (tests, the demo): they read the port from it
     print(f"listening on {stub.address}", flush=True)
-    while not stop.wait(0.5):
-        pass
-    stub.stop(grace=1.0)
+    try:
+        while not signals.stop.wait(0.5):
+            pass
+        stub.stop(grace=0 if signals.forced.is_set() else 1.0)
+    finally:
+        signals.restore()
     return 0

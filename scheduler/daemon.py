@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import redis
@@ -38,6 +36,7 @@ from scheduler.lifecycle import Lifecycle
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import Metrics
 from scheduler.outcomes import Outcomes
+from scheduler.signals import Signals
 from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import Limits
 from scheduler.timers import Job, TimerThread
@@ -199,21 +198,25 @@ class Daemon:
 
     def run(self) -> int:
         """Start, loop until asked to stop, drain, close. Returns the process exit code (0)."""
+        signals = Signals(self._on_signal)
         if self.handle_signals:
-            self._install_signal_handlers()
+            signals.install()
         try:
-            self.start()
-        except BaseException:
-            self.redis.close()
-            raise
-        if not self.started.is_set():  # stopped while waiting for Redis
-            self.redis.close()
+            try:
+                self.start()
+            except BaseException:
+                self.redis.close()
+                raise
+            if not self.started.is_set():  # stopped while waiting for Redis
+                self.redis.close()
+                return 0
+            try:
+                self._loop()
+            finally:
+                self._shutdown()
             return 0
-        try:
-            self._loop()
         finally:
-            self._shutdown()
-        return 0
+            signals.restore()  # the previous handlers come back (tests and embedding code)
 
     @property
     def stopping(self) -> bool:
@@ -225,18 +228,9 @@ class Daemon:
             self._forced.set()
         self._stopping.set()
 
-    def _install_signal_handlers(self) -> None:
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            forced = self._stopping.is_set()
-            log.warning(
-                "signal %s: %s",
-                signal.Signals(signum).name,
-                "forcing shutdown" if forced else "stopping (again to force)",
-            )
-            self.request_stop(force=forced)
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    def _on_signal(self, name: str, forced: bool) -> None:
+        log.warning("signal %s: %s", name, "forcing shutdown" if forced else "stopping (again to force)")
+        self.request_stop(force=forced)
 
     def _shutdown(self) -> None:
         self._stopping.set()

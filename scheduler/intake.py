@@ -109,7 +109,9 @@ class Intake:
         """Worker slots free now; entries held but not yet recorded count too (at most a pool's worth may
         wait for the writer)."""
         free = self.slots.wait_free(timeout=wait) if wait else self.slots.size - self.slots.busy
-        return min(free, 2 * self.slots.size - len(self.holdings))
+        # never negative: a batch in hand reserves slots before it is handed on, and a count below 1 is
+        # no read at all (XREADGROUP refuses COUNT 0 or less)
+        return max(0, min(free, 2 * self.slots.size - len(self.holdings)))
 
     def _half_open_check(self) -> bool:
         """Half-open: a health answer decides without spending a task. False: stay out this turn."""

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from crawler_stub.script import parse
-from scheduler.cli.demo_cmd import Signals
 from scheduler.demo import SAMPLES, sample_specs, samples
+from scheduler.signals import Signals
 
 SCHEDULER = Path(sys.executable).parent / "goodshunter-scheduler"
 ROW = re.compile(
@@ -190,13 +190,17 @@ def test_ctrl_c_during_start_up_leaves_nothing(started: list[subprocess.Popen[st
     assert_nothing_left(output, pids=False)
 
 
-def test_signal_handler_records_then_forces() -> None:
-    signals = Signals()
-    signals(signal.SIGINT, None)
-    assert signals.stop.is_set() and not signals.forced.is_set()
-    signals(signal.SIGTERM, None)
-    assert signals.forced.is_set()
-    assert signals.received == ["SIGINT", "SIGTERM"]
+def test_signal_handler_records_then_forces_and_restores_the_previous_handlers() -> None:
+    seen: list[tuple[str, bool]] = []
+    before = signal.getsignal(signal.SIGTERM)
+    with Signals(lambda name, forced: seen.append((name, forced))) as signals:
+        assert signal.getsignal(signal.SIGTERM) is signals
+        signals(signal.SIGINT, None)
+        assert signals.stop.is_set() and not signals.forced.is_set()
+        signals(signal.SIGTERM, None)
+        assert signals.forced.is_set()
+    assert signals.received == ["SIGINT", "SIGTERM"] and seen == [("SIGINT", False), ("SIGTERM", True)]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_samples_are_valid_tasks_and_their_scripts_reach_the_stub() -> None:

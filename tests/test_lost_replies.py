@@ -195,3 +195,14 @@ def test_a_classification_error_loses_nothing_of_the_next_read(
         assert max(crawled(crawler_stub).values()) == 1
     finally:
         run.stop()
+
+
+def test_a_full_daemon_never_asks_for_a_negative_read(
+    r: redis.Redis, redis_server: RedisServer, crawler_stub: CrawlerStub
+) -> None:
+    """More entries held than slots (successes waiting for a slow writer): the next read asks for none."""
+    daemon = Daemon(load_settings(env=daemon_env(redis_server.url, crawler_stub)), handle_signals=False)
+    daemon.slots.take(daemon.slots.size + 3)  # a batch in hand reserved, workers all busy
+    assert daemon.intake._free() == 0
+    daemon.slots._busy = 0
+    daemon.redis.close()

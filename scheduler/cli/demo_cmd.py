@@ -13,10 +13,8 @@ import argparse
 import contextlib
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 
 import redis
 from rich import box
@@ -29,6 +27,7 @@ from scheduler.cli.common import EXIT_FAIL, EXIT_OK, CliError, Subparsers
 from scheduler.demo import MAX_TASKS, DemoSystem, Interrupted, Tracker, sample_specs, samples
 from scheduler.durations import parse_duration
 from scheduler.errors import SchedulerError
+from scheduler.signals import Signals
 
 EXIT_INTERRUPTED = 130
 POLL_S = 0.5
@@ -60,30 +59,6 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-class Signals:
-    """The handlers only record: the first signal asks to stop, a second one forces."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.forced = threading.Event()
-        self.received: list[str] = []
-
-    def __call__(self, signum: int, _frame: FrameType | None) -> None:
-        self.received.append(signal.Signals(signum).name)
-        if self.stop.is_set():
-            self.forced.set()
-        self.stop.set()
-
-    def install(self) -> Callable[[], None]:
-        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
-
-
 def run(args: argparse.Namespace) -> int:
     # Not a terminal (CI, a test, a pipe): no live table, plain lines wide enough not to wrap in a log.
     # Sample scripts such as [fail=UNKNOWN*4] must print as written: no rich markup anywhere.
@@ -91,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         console = Console(highlight=False, markup=False)
     else:
         console = Console(width=140, soft_wrap=True, highlight=False, markup=False)
-    signals = Signals()
+    signals = Signals(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     restore = signals.install()
     system = DemoSystem(workers=args.workers, keep_data=args.keep_data, stop=signals.stop)
     try:
