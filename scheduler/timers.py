@@ -70,6 +70,14 @@ class TimerThread:
                 log.warning("%s: %s (retrying in %.1fs)", job.name, exc, backoff, extra={"job": job.name})
             job.due = now + backoff
             return
+        except redis.ResponseError as exc:
+            # Redis refused (NOGROUP after the stream was deleted, OOM, READONLY…): an operational state,
+            # one line, not a traceback; the read loop recreates a missing group
+            job.failures += 1
+            if job.failures == 1 or job.failures % 20 == 0:
+                log.warning("%s: Redis refused: %s", job.name, exc, extra={"job": job.name})
+            job.due = now + min(30.0, job.period(), 1.0 * job.failures)
+            return
         except Exception:
             job.failures += 1
             log.exception("%s failed", job.name, extra={"job": job.name})
