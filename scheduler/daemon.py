@@ -20,7 +20,6 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import redis
 from redis.backoff import NoBackoff
@@ -31,6 +30,7 @@ from scheduler.config import Settings
 from scheduler.crawler import CrawlerClient
 from scheduler.errors import QueueConnectionError
 from scheduler.holdings import Holdings
+from scheduler.http import Health, StatusServer
 from scheduler.intake import BLOCK_MS, Intake
 from scheduler.lifecycle import Lifecycle
 from scheduler.maintenance import Maintenance
@@ -41,9 +41,6 @@ from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import Limits
 from scheduler.timers import Job, TimerThread
 from scheduler.worker import Slots, TaskRunner
-
-if TYPE_CHECKING:
-    from scheduler.http import StatusServer
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +129,12 @@ class Daemon:
         self._redis_failures = 0
         self.last_loop = time.monotonic()  # /healthz: the loop is turning
         self.started = threading.Event()
+        self.health = Health(s, lambda: self.last_loop, self._stopping.is_set, self.breaker, self.crawler)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
         s = self.settings
-        from scheduler.http import StatusServer
         from scheduler.startup import prepare
 
         http_tried: list[bool] = []
@@ -146,7 +143,7 @@ class Daemon:
             self.last_loop = time.monotonic()
             if s.metrics_port and not http_tried:
                 http_tried.append(True)
-                self._http = StatusServer(self, s.metrics_host, s.metrics_port).start_or_warn()
+                self._http = self._status_server().start_or_warn()
 
         # Before any work: Redis answers (waited for), takes the password and ACL (StartupError if not),
         # the Lua scripts are loaded, and the consumer name is ours (StartupError while a live daemon
@@ -182,7 +179,7 @@ class Daemon:
         self._control.start()
         if s.metrics_port and not http_tried:
             # a port already taken is one warning naming app.metrics_port, and the daemon works on
-            self._http = StatusServer(self, s.metrics_host, s.metrics_port).start_or_warn()
+            self._http = self._status_server().start_or_warn()
         log.info(
             "daemon started",
             extra={
@@ -195,6 +192,11 @@ class Daemon:
             },
         )
         self.started.set()
+
+    def _status_server(self) -> StatusServer:
+        s = self.settings
+        return StatusServer(s.metrics_host, s.metrics_port, live=self.health.live, ready=self.health.ready,
+                            registry=self.metrics.registry)  # fmt: skip
 
     def run(self) -> int:
         """Start, loop until asked to stop, drain, close. Returns the process exit code (0)."""
@@ -262,6 +264,7 @@ class Daemon:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._http is not None:
             self._http.stop()
+        self.health.close()
         self.crawler.close()
         self.maintenance.clear_heartbeat()
         self.redis.close()

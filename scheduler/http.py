@@ -13,17 +13,23 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import redis
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 if TYPE_CHECKING:
-    from scheduler.daemon import Daemon
+    from scheduler.breaker import CircuitBreaker
+    from scheduler.config import Settings
+    from scheduler.crawler import CrawlerClient
+
+Check = Callable[[], tuple[bool, str]]
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +40,89 @@ READY_CACHE_S = 1.0
 PROBE_TIMEOUT_S = 1.0
 
 
-class StatusServer:
+class Health:
+    """The daemon's liveness and readiness, from what it is made of (no reference to the Daemon itself)."""
+
     def __init__(
         self,
-        daemon: Daemon,
-        host: str,
-        port: int,
+        settings: Settings,
+        last_loop: Callable[[], float],
+        stopping: Callable[[], bool],
+        breaker: CircuitBreaker,
+        crawler: CrawlerClient,
         *,
         stall_after_s: float = STALL_AFTER_S,
         ready_cache_s: float = READY_CACHE_S,
     ) -> None:
-        self.daemon = daemon
-        self.host = host
-        self._requested_port = port
+        self.settings = settings
+        self.last_loop = last_loop
+        self.stopping = stopping
+        self.breaker = breaker
+        self.crawler = crawler
         self.stall_after_s = stall_after_s
         self.ready_cache_s = ready_cache_s
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._probe: redis.Redis | None = None
         self._ready_lock = threading.Lock()
         self._ready_at = float("-inf")
         self._ready: tuple[bool, str] = (False, "not checked yet")
+
+    def live(self) -> tuple[bool, str]:
+        if self.stopping():
+            # the loop has ended on purpose and the drain is bounded by shutdown_grace, which may be longer
+            # than the stall limit: a liveness kill now would cut the in-flight crawls short
+            return True, "stopping"
+        stalled = time.monotonic() - self.last_loop()
+        if stalled > self.stall_after_s:
+            return False, f"read loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.stopping():
+            return False, "stopping"
+        with self._ready_lock:  # concurrent probes wait for one check instead of each running their own
+            if time.monotonic() - self._ready_at >= self.ready_cache_s:
+                self._ready = self._check_ready()
+                self._ready_at = time.monotonic()
+            return self._ready
+
+    def _check_ready(self) -> tuple[bool, str]:
+        if self._probe is None:
+            # no retry: a probe answers within its timeout, and the next probe asks again
+            self._probe = self.settings.redis_client(
+                socket_timeout=PROBE_TIMEOUT_S,
+                socket_connect_timeout=PROBE_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+                client_name=f"goodshunter-scheduler-probe:{self.settings.consumer_name}",
+            )
+        try:
+            self._probe.ping()
+        except redis.RedisError as exc:
+            return False, f"redis unreachable ({type(exc).__name__})"
+        state = self.breaker.state
+        if state != "closed" and not self.crawler.health(timeout_s=PROBE_TIMEOUT_S):
+            return False, f"crawler circuit {state}"
+        return True, "ok"
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+
+class StatusServer:
+    """Serves ``/metrics`` from a registry and ``/healthz`` / ``/readyz`` from two checks."""
+
+    def __init__(
+        self, host: str, port: int, *, live: Check, ready: Check, registry: CollectorRegistry
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self.live = live
+        self.ready = ready
+        self.registry = registry
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -90,14 +158,6 @@ class StatusServer:
 
     def _serve(self) -> StatusServer:
         assert self._server is not None
-        # no retry: a probe answers within its timeout, and the next probe asks again
-        self._probe = self.daemon.settings.redis_client(
-            socket_timeout=PROBE_TIMEOUT_S,
-            socket_connect_timeout=PROBE_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            client_name=f"goodshunter-scheduler-probe:{self.daemon.settings.consumer_name}",
-        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True
         )
@@ -111,44 +171,6 @@ class StatusServer:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._probe is not None:
-            self._probe.close()
-
-    # -- the checks --------------------------------------------------------------------------------------
-
-    def live(self) -> tuple[bool, str]:
-        if self._stopping():
-            # the loop has ended on purpose and the drain is bounded by shutdown_grace, which may be longer
-            # than the stall limit: a liveness kill now would cut the in-flight crawls short
-            return True, "stopping"
-        stalled = time.monotonic() - self.daemon.last_loop
-        if stalled > self.stall_after_s:
-            return False, f"read loop stalled for {stalled:.0f}s"
-        return True, "ok"
-
-    def ready(self) -> tuple[bool, str]:
-        if self._stopping():
-            return False, "stopping"
-        with self._ready_lock:  # concurrent probes wait for one check instead of each running their own
-            if time.monotonic() - self._ready_at >= self.ready_cache_s:
-                self._ready = self._check_ready()
-                self._ready_at = time.monotonic()
-            return self._ready
-
-    def _stopping(self) -> bool:
-        # The daemon has no public "stopping" flag; its stop Event is the single source of truth.
-        return self.daemon.stopping
-
-    def _check_ready(self) -> tuple[bool, str]:
-        assert self._probe is not None
-        try:
-            self._probe.ping()
-        except redis.RedisError as exc:
-            return False, f"redis unreachable ({type(exc).__name__})"
-        state = self.daemon.breaker.state
-        if state != "closed" and not self.daemon.crawler.health(timeout_s=PROBE_TIMEOUT_S):
-            return False, f"crawler circuit {state}"
-        return True, "ok"
 
 
 class _Server(ThreadingHTTPServer):
@@ -175,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             # what prometheus_client's own handler does: OpenMetrics when the scraper asks for it
             encode, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._send(HTTPStatus.OK, encode(status.daemon.metrics.registry), content_type)
+            self._send(HTTPStatus.OK, encode(status.registry), content_type)
         elif path == "/healthz":
             ok, why = status.live()
             self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, f"{why}\n".encode())

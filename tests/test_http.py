@@ -205,9 +205,15 @@ def test_readyz_is_503_while_draining(
         assert get(port, "/healthz")[::2] == (200, "stopping\n")
 
 
+def status_for(daemon: Daemon, port: int) -> StatusServer:
+    """The daemon's own checks behind a status server of the test's (the daemon is not started)."""
+    h = daemon.health
+    return StatusServer("127.0.0.1", port, live=h.live, ready=h.ready, registry=daemon.metrics.registry)
+
+
 def test_a_probe_storm_costs_redis_one_ping_a_second(r: redis.Redis, redis_server: RedisServer) -> None:
     daemon = Daemon(settings_for(redis_server.url, "127.0.0.1:1"), handle_signals=False)
-    status = StatusServer(daemon, "127.0.0.1", 0).start()
+    status = status_for(daemon, 0).start()
     try:
         r.config_resetstat()
         started = time.monotonic()
@@ -229,7 +235,7 @@ def test_healthz_fails_when_the_read_loop_stalls_and_unknown_paths_are_404(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     daemon = Daemon(settings_for(redis_server.url, "127.0.0.1:1"), handle_signals=False)
-    status = StatusServer(daemon, "127.0.0.1", 0).start()
+    status = status_for(daemon, 0).start()
     try:
         with caplog.at_level(logging.DEBUG, logger="scheduler.http"):
             assert get(status.port, "/healthz")[0] == 200
@@ -247,13 +253,13 @@ def test_healthz_fails_when_the_read_loop_stalls_and_unknown_paths_are_404(
 
 def test_port_zero_picks_a_free_port_and_stop_releases_it(r: redis.Redis, redis_server: RedisServer) -> None:
     daemon = Daemon(settings_for(redis_server.url, "127.0.0.1:1"), handle_signals=False)
-    status = StatusServer(daemon, "127.0.0.1", 0).start()
+    status = status_for(daemon, 0).start()
     port = status.port
     assert port > 0 and get(port, "/healthz")[0] == 200
     with pytest.raises(OSError, match=f"status server cannot listen on 127.0.0.1:{port}"):
-        StatusServer(daemon, "127.0.0.1", port).start()
+        status_for(daemon, port).start()
     status.stop()
-    again = StatusServer(daemon, "127.0.0.1", port).start()  # the listener is gone: the port is free again
+    again = status_for(daemon, port).start()  # the listener is gone: the port is free again
     try:
         assert get(port, "/healthz")[0] == 200
     finally:
