@@ -37,6 +37,7 @@ from typing import Any, Final
 import redis
 
 from crawler_stub import CrawlerStub
+from scheduler.chaos.procinfo import rss_kib
 from scheduler.errors import InvalidMessageError
 from scheduler.redis_server import RedisServer
 from scheduler.registry import RedisTaskRegistry, TaskSpec
@@ -210,17 +211,6 @@ class Sent:
     skipped_valid: int = 0  # mutations that still decoded, not sent
 
 
-def _rss_kib(pid: int) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None
-
-
 def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -288,7 +278,7 @@ class _Fuzz:
         while (now := time.monotonic()) - start < seconds and self.daemon.poll() is None:
             self.batch()
             if now >= next_sample:
-                if (rss := _rss_kib(self.daemon.pid)) is not None:
+                if (rss := rss_kib(self.daemon.pid)) is not None:
                     self.rss.append(rss)
                 next_sample = now + RSS_SAMPLE_S
             time.sleep(BATCH_INTERVAL_S)
@@ -409,7 +399,7 @@ def run_fuzz(minutes: float, seed: int, redis_url: str | None = None) -> dict[st
 
         fuzz = _Fuzz(client, stream, rng, daemon)
         fuzz.feed(minutes * 60)
-        rss_end_sample = _rss_kib(daemon.pid)
+        rss_end_sample = rss_kib(daemon.pid)
 
         def settled() -> bool:
             crawled = _calls(calls_log)
@@ -424,7 +414,7 @@ def run_fuzz(minutes: float, seed: int, redis_url: str | None = None) -> dict[st
         _wait(settled, SETTLE_TIMEOUT_S, 0.25)
         time.sleep(0.5)  # late duplicates, if any, show up in the counts
         alive = daemon.poll() is None
-        rss_end = _rss_kib(daemon.pid) if alive else rss_end_sample
+        rss_end = rss_kib(daemon.pid) if alive else rss_end_sample
         letters = fuzz.dead_letters()
         crawled = _calls(calls_log)
         pending = fuzz.pending()
