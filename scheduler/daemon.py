@@ -44,6 +44,8 @@ from scheduler.worker import Slots, TaskRunner
 
 log = logging.getLogger(__name__)
 
+AFTER_GRACE_S = 5.0  # every closing step after the drain shares this budget
+
 
 class Daemon:
     def __init__(
@@ -235,13 +237,21 @@ class Daemon:
         self.request_stop(force=forced)
 
     def _shutdown(self) -> None:
+        """One deadline for everything: the drain until ``shutdown_grace``, then every closing step shares
+        the AFTER_GRACE_S that follow (no fixed waits that add up), so the process is gone by grace + 5 s
+        even with Redis unreachable. The manifests' termination grace periods are derived from this."""
         self._stopping.set()
         self.intake.start_batch_in_hand()
         grace = self.settings.shutdown_grace
         if self.slots.busy:
             log.info("draining %d in-flight tasks (grace %.0fs)", self.slots.busy, grace)
         deadline = time.monotonic() + grace
-        while self.slots.busy or self.holdings:  # crawls running, or successes not yet recorded
+        end = deadline + AFTER_GRACE_S
+
+        def left() -> float:
+            return max(0.0, end - time.monotonic())
+
+        while self.slots.busy or self.holdings:  # crawls running, or outcomes not yet written
             if self.slots.busy:
                 self.slots.wait_idle(0.2)
             else:
@@ -250,23 +260,25 @@ class Daemon:
                 break
             if self._forced.is_set() or time.monotonic() >= deadline:
                 self._forced.set()  # writes stop retrying too: nothing may outlast the grace period
-                left = self.holdings.cancel_all("shutdown")
-                log.warning("grace period over: %d crawls cancelled and left pending", left)
-                self.slots.wait_idle(5.0)
+                end = min(end, time.monotonic() + AFTER_GRACE_S)
+                left_pending = self.holdings.cancel_all("shutdown")
+                log.warning("grace period over: %d crawls cancelled and left pending", left_pending)
+                self.slots.wait_idle(min(2.0, left()))
                 break
-        self.writer.close(5.0)
+        self.writer.close(min(2.0, left()))
         self._halt.set()
         for timer in self._timers:
-            timer.join(2.0)
+            timer.join(min(1.0, left()))
         if self._control is not None:
-            self._control.join(2.0)
+            self._control.join(min(1.0, left()))
         if self._executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._http is not None:
-            self._http.stop()
+            self._http.stop(min(1.0, left()))
         self.health.close()
         self.crawler.close()
-        self.maintenance.clear_heartbeat()
+        if left() > 0:
+            self.maintenance.clear_heartbeat()  # best effort: it expires by itself
         self.redis.close()
         log.info("daemon stopped", extra={"consumer": self.settings.consumer_name})
 

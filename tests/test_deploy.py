@@ -22,6 +22,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from scheduler.daemon import AFTER_GRACE_S
 from scheduler.durations import parse_duration
 from tests.crawler_fixtures import StubProcess
 
@@ -130,7 +131,9 @@ def test_kill_comes_after_the_drain(scheduler_pod: dict[str, Any]) -> None:
     grace = (
         parse_duration(env["APP_SHUTDOWN_GRACE"]["value"]) if "APP_SHUTDOWN_GRACE" in env else DEFAULT_GRACE_S
     )
-    assert scheduler_pod["spec"]["terminationGracePeriodSeconds"] > grace
+    assert (
+        scheduler_pod["spec"]["terminationGracePeriodSeconds"] >= grace + AFTER_GRACE_S
+    )  # the whole shutdown
 
 
 def test_probes_and_scrape_target_are_the_metrics_server(scheduler_pod: dict[str, Any]) -> None:
@@ -367,7 +370,7 @@ def test_compose_wiring(compose: dict[str, Any]) -> None:
     assert len(schedulers) >= 2 and len(set(names)) == len(names)
     for service in schedulers.values():
         grace = parse_duration(service["environment"].get("APP_SHUTDOWN_GRACE", "25s"))
-        assert parse_duration(service["stop_grace_period"]) > grace
+        assert parse_duration(service["stop_grace_period"]) >= grace + AFTER_GRACE_S
 
 
 def test_compose_env_loads_with_the_daemons_loader(
@@ -438,8 +441,11 @@ def test_unit_facts() -> None:
     assert unit["Service.KillSignal"] == "SIGTERM"
     assert unit["Service.EnvironmentFile"].startswith("-")
     stop_timeout = parse_duration(unit["Service.TimeoutStopSec"])
-    assert stop_timeout > parse_duration(read_env_file(ENV_EXAMPLE).get("APP_SHUTDOWN_GRACE", "25s"))
-    assert stop_timeout > DEFAULT_GRACE_S
+    assert (
+        stop_timeout
+        >= parse_duration(read_env_file(ENV_EXAMPLE).get("APP_SHUTDOWN_GRACE", "25s")) + AFTER_GRACE_S
+    )
+    assert stop_timeout >= DEFAULT_GRACE_S + AFTER_GRACE_S
     hardening = {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
         "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
