@@ -253,8 +253,9 @@ class Outcomes:
             extra |= {"duration_ms": round(outcome.duration_s * 1000, 1), "code": "OK", "calls": outcome.calls,
                       "new_items": new_items}  # fmt: skip
         elif isinstance(outcome, Retry):
-            label = "requeued"
-            m.processing_duration.observe(outcome.duration_s)
+            label = "requeued" if outcome.error_text else "deferred"  # no error: a re-enable that waits
+            if outcome.error_text:
+                m.processing_duration.observe(outcome.duration_s)
             if outcome.count_retry:
                 m.retries.inc()
             extra |= {"duration_ms": round(outcome.duration_s * 1000, 1), "code": outcome.code}

@@ -36,6 +36,8 @@ def populated() -> Metrics:
         "duplicate",
         "cancelled",
         "stop",
+        "deferred",
+        "not_held",
     ):
         m.tasks_processed.labels(status).inc()
     for reason in ("max_retry", "permanent", "max_deliveries", "payload_lost", "bad_json"):
