@@ -103,7 +103,7 @@ class Daemon:
                 dlq_maxlen=s.dlq_maxlen,
                 lock_ttl_ms=self.lifecycle.lock_ttl_ms,
             ),
-            count_dead_letter=lambda category: self.metrics.dead_letters.labels(category).inc(),
+            count_dead_letter=self._dead_lettered,
         )
         self.slots = Slots(s.worker_pool_size)
         self.handle_signals = handle_signals
@@ -126,6 +126,7 @@ class Daemon:
         )
         self._executor: ThreadPoolExecutor | None = None
         self._timers: list[TimerThread] = []
+        self._maintenance_timer: TimerThread | None = None
         self._control: threading.Thread | None = None
         self._http: StatusServer | None = None
         self._redis_failures = 0
@@ -169,9 +170,10 @@ class Daemon:
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
         leases = Job("lease renewal", lambda: s.lease_renew_interval, self.holdings.renew)
+        self._maintenance_timer = TimerThread("maintenance", self.maintenance.jobs(), self._stopping)
         self._timers = [
             TimerThread("leases", [leases], self._halt),
-            TimerThread("maintenance", self.maintenance.jobs(), self._stopping),
+            self._maintenance_timer,
         ]
         for timer in self._timers:
             timer.start()
@@ -194,6 +196,12 @@ class Daemon:
             },
         )
         self.started.set()
+
+    def _dead_lettered(self, category: str) -> None:
+        self.metrics.dead_letters.labels(category).inc()
+        if category == "payload_lost" and self._maintenance_timer is not None:
+            # a payload-lost entry has no task to find its run lock by: sweep now, not in 30 s
+            self._maintenance_timer.run_soon(self.maintenance.sweep_job)
 
     def _status_server(self) -> StatusServer:
         s = self.settings

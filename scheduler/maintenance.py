@@ -41,6 +41,7 @@ class Maintenance:
         self.metrics = metrics
         self.busy = busy
         self._sweep_cursor = 0
+        self.sweep_job = Job("run-lock sweep", lambda: 30.0, self.sweep_locks)
         self.heartbeat_key = keys.heartbeat_key(
             settings.task_queue_stream, settings.task_queue_group, settings.consumer_name
         )
@@ -55,7 +56,7 @@ class Maintenance:
             Job("crawler health", lambda: min(5.0, s.breaker_open_duration), self.check_crawler),
             Job("trim", lambda: s.trim_interval, self.trim),
             Job("consumer reaper", lambda: 600.0, self.reap),
-            Job("run-lock sweep", lambda: 30.0, self.sweep_locks),
+            self.sweep_job,
         ]
 
     def move_due(self) -> float | None:

@@ -45,6 +45,11 @@ class TimerThread:
     def start(self) -> None:
         self._thread.start()
 
+    def run_soon(self, job: Job) -> None:
+        """Run ``job`` at the next turn instead of waiting for its period."""
+        job.due = 0.0
+        self._wake.set()
+
     def join(self, timeout: float) -> None:
         self._wake.set()
         self._thread.join(timeout)

@@ -206,3 +206,23 @@ def test_a_full_daemon_never_asks_for_a_negative_read(
     assert daemon.intake._free() == 0
     daemon.slots._busy = 0
     daemon.redis.close()
+
+
+def test_a_payload_lost_entry_frees_its_tasks_run_lock_at_once(
+    r: redis.Redis, redis_server: RedisServer, crawler_stub: CrawlerStub
+) -> None:
+    """A restart resumes an entry whose payload was trimmed while it crawled: the dead letter has no task
+    id to find the lock by, so the sweep runs at once instead of in 30 s."""
+    consumer = Consumer(r, None, S, G, "inproc")
+    consumer.ensure_group()
+    [entry] = Producer(r).submit_many([71], "user_create")
+    consumer.read(1, block_ms=100)
+    r.set(keys.run_lock_key(S, 71), entry)  # the crawl took the lock, then its daemon was killed
+    r.xdel(S, entry)  # trimmed under it
+    daemon = Daemon(load_settings(env=daemon_env(redis_server.url, crawler_stub)), handle_signals=False)
+    run = Running(daemon)
+    try:
+        wait_until(lambda: r.xlen(keys.dlq_stream(S)) == 1, 5, what="the payload-lost dead letter")
+        wait_until(lambda: r.get(keys.run_lock_key(S, 71)) is None, 5, what="the lock freed well before 30 s")
+    finally:
+        run.stop()
