@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -163,6 +164,11 @@ class Run:
             self.row.seconds = round(time.monotonic() - started, 1)
             if self.opts.keep or not self.row.ok:
                 self.row.details.setdefault("data", []).append(str(self.tmp))
+                # the verdict beside the evidence: a replay under real timing need not fail the same way
+                with contextlib.suppress(OSError):
+                    (self.tmp / "verdict.json").write_text(
+                        json.dumps(dataclasses.asdict(self.row), indent=1, default=str), encoding="utf-8"
+                    )
             else:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         return self.row
