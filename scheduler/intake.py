@@ -303,4 +303,4 @@ def _restarts(msg: StreamMessage, spec: TaskSpec) -> bool:
     task = msg.message
     if task.source != "user_create" or (task.retry and not task.origin):  # a retry of unknown age: no
         return False
-    return task.requested_at(msg.id) > max(spec.status_at, int(spec.updated_at * 1_000_000))
+    return task.requested_at(msg.id) > spec.status_stamp

@@ -88,10 +88,10 @@ class Lifecycle:
         )
         return {spec.task_id: entry_id for spec, entry_id in zip(running, ids, strict=True)}
 
-    def resume(self, task_id: int, requested_at: int | None = None) -> Change:
+    def resume(self, task_id: int, requested_at: int | None = None, spec: TaskSpec | None = None) -> Change:
         """A user asked a stopped task to run again: running, back on the schedule, unless a stop made
         after ``requested_at`` exists ('stale') or the task was deleted ('unknown')."""
-        change = self._change(task_id, "run", requested_at, "")
+        change = self._change(task_id, "run", requested_at, "", self.interval_of(spec) if spec else 0)
         if change == "applied":
             log.info("task resumed", extra={"task_id": task_id})
         return change
@@ -113,9 +113,11 @@ class Lifecycle:
         """Stop everywhere and forget the task (spec, schedule, seen items, last success)."""
         return self._change(task_id, "delete", None, who) != "unknown"
 
-    def _change(self, task_id: int, op: str, requested_at: int | None, who: str) -> Change:
+    def _change(
+        self, task_id: int, op: str, requested_at: int | None, who: str, interval_s: float = 0
+    ) -> Change:
         with connection_errors(f"{op} task {task_id}"):
-            answer, _ = self._queue_change(self.redis, task_id, op, requested_at, who)
+            answer, _ = self._queue_change(self.redis, task_id, op, requested_at, who, interval_s)
         return text(answer)  # type: ignore[return-value]
 
     def _queue_change(

@@ -16,6 +16,7 @@ import queue
 import random
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
@@ -32,6 +33,7 @@ from scheduler.errors import CrawlerError, QueueConnectionError
 from scheduler.metrics import Metrics
 from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import NOT_HELD, Ending, acked, dead_lettered, retried, succeeded
+from scheduler.taskqueue.message import format_timestamp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -228,7 +230,14 @@ class Outcomes:
             return retried(msg.id, task_id, payload, round(outcome.delay_s * 1000), outcome.error_text)
         if isinstance(outcome, DeadLetter):
             payload = msg.message.requeued(msg.id).encode()
-            return dead_lettered(msg.id, task_id, payload, outcome.reason, _now_text(), outcome.error_text)
+            return dead_lettered(
+                msg.id,
+                task_id,
+                payload,
+                outcome.reason,
+                format_timestamp(datetime.now(UTC)),
+                outcome.error_text,
+            )
         if isinstance(outcome, Skip):
             return acked(msg.id, task_id)
         return None
@@ -271,11 +280,3 @@ class Outcomes:
             extra |= {"code": label.upper()}
         m.tasks_processed.labels(label).inc()
         log.log(level, "task %s", label, extra=extra | {"outcome": label})
-
-
-def _now_text() -> str:
-    from datetime import UTC, datetime
-
-    from scheduler.taskqueue.message import format_timestamp
-
-    return format_timestamp(datetime.now(UTC))

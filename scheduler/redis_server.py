@@ -57,10 +57,12 @@ class RedisServer:
         data_dir: str | None = None,
         binary: str | None = None,
         password: str | None = None,
+        appendfsync: str = "always",  # "everysec": the fault harness measures its loss window
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.password = password
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="goodshunter-redis-")
@@ -92,7 +94,7 @@ class RedisServer:
             "--logfile", "redis.log",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
         ]  # fmt: skip
         if self.password:
@@ -125,10 +127,10 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def restart(self) -> None:
-        """Start again on the same port and directory (AOF, if on, is replayed)."""
+    def restart(self, timeout: float = 20.0) -> None:
+        """Start again on the same port and directory (AOF, if on, is replayed: a long one takes a while)."""
         self.stop()
-        if not self._spawn(10.0):
+        if not self._spawn(timeout):
             raise SchedulerError(f"redis-server did not restart on port {self.port}")
 
     def close(self) -> None:

@@ -100,8 +100,19 @@ class TaskSpec:
         kwargs["exclude_keywords"] = tuple(w for w in raw_excludes.split("\x1f") if w)
         return cls(task_id=task_id, **kwargs)
 
+    @property
+    def status_stamp(self) -> int:
+        """When the current status was requested, as a stamp (see ``status_stamp``)."""
+        return status_stamp(self.status_at, self.updated_at)
+
     def with_status(self, status: Status) -> TaskSpec:
         return replace(self, status=status, updated_at=time.time())
+
+
+def status_stamp(status_at: object, updated_at: object) -> int:
+    """The later of ``status_at`` (a stamp) and ``updated_at`` (seconds: the previous release's only
+    stamp), as ``set_status.lua`` compares them."""
+    return max(int(float(status_at or 0)), int(float(updated_at or 0) * 1_000_000))  # type: ignore[arg-type]
 
 
 def _check(ok: bool, name: str, value: object) -> None:
@@ -165,8 +176,7 @@ class RedisTaskRegistry:
             replies = pipe.execute()
         out: dict[int, tuple[Status | None, int]] = {}
         for task_id, (status, status_at, updated_at) in zip(task_ids, replies, strict=True):
-            made = max(int(float(status_at or 0)), int(float(updated_at or 0) * 1_000_000))
-            out[task_id] = (text(status) if status is not None else None, made)  # type: ignore[assignment]
+            out[task_id] = (text(status) if status is not None else None, status_stamp(status_at, updated_at))  # type: ignore[assignment]
         return out
 
     def registered(self, task_ids: list[int]) -> list[bool]:

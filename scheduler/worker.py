@@ -107,7 +107,7 @@ class TaskRunner:
                 self.metrics.stops.inc()
             return Skip("stop")
         assert spec is not None  # the read loop passes only runnable executes
-        if spec.status == "stopped" and self.lifecycle.resume(task.task_id, requested) != "applied":
+        if spec.status == "stopped" and self.lifecycle.resume(task.task_id, requested, spec) != "applied":
             return Skip("skipped")  # deleted meanwhile, or a later stop exists
         started = time.monotonic()
         try:

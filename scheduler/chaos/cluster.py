@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from scheduler.errors import SchedulerError
-from scheduler.redis_server import find_redis_server, free_port
+from scheduler.redis_server import RedisServer, free_port
 from scheduler.taskqueue import keys
 
 BIN = Path(sys.executable).parent
@@ -46,61 +46,6 @@ DAEMON_ENV = {
     "APP_TRIM_INTERVAL": "2s",
 }
 LEASE_TIMEOUT_S = 3.0
-
-
-class Redis:
-    """``redis-server`` with AOF on a fixed port; ``appendfsync`` chosen (RedisServer fixes ``always``)."""
-
-    def __init__(self, data_dir: Path, appendfsync: str = "always") -> None:
-        self.binary = find_redis_server()
-        self.data_dir = data_dir
-        self.appendfsync = appendfsync
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)  # type: ignore[arg-type]
-
-    def start(self) -> None:
-        for _attempt in range(5):
-            self.port = self.port or free_port()
-            if self._spawn():
-                return
-            self.port = 0
-        raise SchedulerError(f"redis-server did not start; see {self.data_dir}/redis.log")
-
-    def _spawn(self, timeout: float = 20.0) -> bool:
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--logfile", "redis.log", "--save", "", "--appendonly", "yes",
-            "--appendfsync", self.appendfsync, "--daemonize", "no",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            try:
-                with self.client(socket_timeout=1) as probe:
-                    if probe.ping():
-                        return True
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                time.sleep(0.02)
-        self.kill()
-        return False
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def restart(self) -> None:
-        if not self._spawn():
-            raise SchedulerError(f"redis-server did not restart on port {self.port}")
 
 
 class Crawler:
@@ -163,7 +108,7 @@ class Cluster:
     delay_ms: int = 100
     appendfsync: str = "always"
     extra_env: dict[str, str] = field(default_factory=dict)
-    redis: Redis = field(init=False)
+    redis: RedisServer = field(init=False)
     crawler: Crawler = field(init=False)
     redis_url_for_daemons: str = ""
     all_daemons: list[Daemon] = field(default_factory=list)
@@ -172,7 +117,9 @@ class Cluster:
 
     def __post_init__(self) -> None:
         (self.tmp / "redis").mkdir(parents=True, exist_ok=True)
-        self.redis = Redis(self.tmp / "redis", self.appendfsync)
+        self.redis = RedisServer(
+            appendonly=True, data_dir=str(self.tmp / "redis"), appendfsync=self.appendfsync
+        )
         self.crawler = Crawler(self.tmp, self.delay_ms)
 
     def start_servers(self) -> None:

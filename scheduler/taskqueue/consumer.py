@@ -190,8 +190,9 @@ class Consumer:
                 self.dead_letter(entry_id, "payload_lost: entry was trimmed or deleted", b"")
                 continue
             if entry_id in over_cap:
-                reason = f"max_deliveries: delivered more than {self.max_deliveries} times"
-                self.dead_letter(entry_id, reason, self._retried(entry_id, data))
+                self._over_cap(
+                    entry_id, f"max_deliveries: delivered more than {self.max_deliveries} times", data
+                )
                 continue
             try:
                 message = decode(data, self.max_entry_bytes)
@@ -256,13 +257,15 @@ class Consumer:
                 self.count_dead_letter(reason.split(":", 1)[0])
         return done
 
-    def _retried(self, entry_id: str, data: bytes | None) -> bytes | str:
-        """A dead letter's payload is the task JSON with retry incremented, when the data is a message."""
+    def _over_cap(self, entry_id: str, reason: str, data: bytes | None) -> None:
+        """A crash loop's dead letter: as a message (retry incremented, its task's lock released) when the
+        data decodes, else as the raw data."""
         try:
             message = decode(data, self.max_entry_bytes)
         except InvalidMessageError:
-            return (data or b"")[: self.max_entry_bytes]
-        return message.requeued(entry_id).encode()
+            self.dead_letter(entry_id, reason, data)
+            return
+        self.dead_letter(StreamMessage(entry_id, message, data or b""), reason)
 
     # -- leases and recovery ----------------------------------------------------------------------------
 
@@ -301,14 +304,12 @@ class Consumer:
                 self.count_dead_letter("payload_lost")
         fresh: list[tuple[bytes, Fields]] = []
         for raw_id, flat, deliveries in claimed:
-            entry_id = text(raw_id)
-            data = dict(zip(flat[::2], flat[1::2], strict=True)).get(keys.DATA_FIELD.encode())
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             if self.max_deliveries and int(deliveries) > self.max_deliveries:
-                self.dead_letter(
-                    entry_id, f"max_deliveries: delivered {deliveries} times", self._retried(entry_id, data)
-                )
+                reason = f"max_deliveries: delivered {deliveries} times"
+                self._over_cap(text(raw_id), reason, fields.get(keys.DATA_FIELD.encode()))
                 continue
-            fresh.append((raw_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+            fresh.append((raw_id, fields))
         return self._accept(fresh, resumed=False) if fresh else []
 
     def move_due(self, limit: int = 500) -> tuple[int, float | None]:
