@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -127,6 +128,22 @@ def test_requeue_increments_retry_and_delay_is_held_in_redis(r: redis.Redis) -> 
     [again] = c.read(1, block_ms=100)
     assert (again.message.task_id, again.message.retry, again.message.source) == (9, 1, "periodic")
     assert again.message.timestamp == msg.message.timestamp
+
+
+def test_a_moved_retry_is_logged_with_its_parked_and_new_entry_ids(
+    r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = consumer(r)
+    Producer(r).submit_task(11, "periodic")
+    [msg] = c.read(1, block_ms=100)
+    assert c.requeue(msg, delay_s=0.01)
+    time.sleep(0.05)
+    with caplog.at_level(logging.INFO):
+        assert c.move_due() == (1, None)
+    [again] = c.read(1, block_ms=100)
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "due retry moved into the stream"]
+    assert (line.parked_entry_id, line.entry_id, line.task_id) == (msg.id, again.id, 11)
+    assert again.id != msg.id
 
 
 def test_dead_letter_payload_has_retry_incremented(r: redis.Redis) -> None:

@@ -88,6 +88,21 @@ class DeadLetter:
     at: float
 
 
+def parse_moves(lines: list[str]) -> dict[str, int]:
+    """New entry id -> task id of every retry a daemon moved back into the stream (its log lines)."""
+    out = {}
+    for line in lines:
+        if "due retry moved" not in line:
+            continue
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            continue
+        if raw.get("task_id") is not None and raw.get("entry_id"):
+            out[str(raw["entry_id"])] = int(raw["task_id"])
+    return out
+
+
 def parse_dead_letters(entries: Any) -> list[DeadLetter]:
     out = []
     for _, fields in entries or []:
@@ -131,6 +146,7 @@ def check(
     port_owner: dict[int, str],
     deleted: Deleted,
     everysec: bool,
+    moved: dict[str, int] | None = None,
 ) -> Verdict:
     v = Verdict()
     acked: dict[int, list[Submit]] = defaultdict(list)
@@ -145,7 +161,9 @@ def check(
             runs[call.task_id].append(call)
     v.crawls = sum(len(x) for x in runs.values())
     dl_runs: dict[int, list[DeadLetter]] = defaultdict(list)
-    entry_task = {**deleted.tasks, **{s.entry_id: s.task_id for s in submits if s.entry_id}}
+    # every entry id a task ever had: its submits, entries seen by a trim/DEL, and the new entries of
+    # retries moved back into the stream (the daemons log each move)
+    entry_task = {**(moved or {}), **deleted.tasks, **{s.entry_id: s.task_id for s in submits if s.entry_id}}
     for d in dead:
         if d.task_id is None:  # payload_lost: the payload is gone, the entry id tells the task
             d.task_id = entry_task.get(d.original_id)
@@ -172,7 +190,20 @@ def check(
                 v, task_id, mine, runs[task_id], dl_runs[task_id], (removed, deleted.pending), windows
             )
     v.bound = _bound(events, runs, port_owner)
+    _note_moves(v, moved or {})
     return v
+
+
+def _note_moves(v: Verdict, moved: dict[str, int]) -> None:
+    """A lost task's note names the entries its retries were moved to (where to look in the logs)."""
+    by_task: dict[int, list[str]] = defaultdict(list)
+    for entry, task_id in moved.items():
+        by_task[task_id].append(entry)
+    notes = v.details["lost"]
+    for i, note in enumerate(notes):
+        words = note.split()
+        if len(words) > 1 and words[0] == "task" and words[1].isdigit() and by_task.get(int(words[1])):
+            notes[i] = f"{note}; its retries were moved to {', '.join(sorted(by_task[int(words[1])]))}"
 
 
 def _check_unique(

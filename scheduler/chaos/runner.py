@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from scheduler.chaos import state
-from scheduler.chaos.checker import Call, check, parse_calls, parse_dead_letters
+from scheduler.chaos.checker import Call, check, parse_calls, parse_dead_letters, parse_moves
 from scheduler.chaos.cluster import GROUP, LEASE_TIMEOUT_S, STREAM, Cluster, Daemon
 from scheduler.chaos.faults import FAULTS, Deleted, Event, Injector
 from scheduler.chaos.procinfo import crash_findings, rss_kib, tcp_ports_to
@@ -301,7 +301,12 @@ class Run:
         calls = [c for c in self._calls() if not c.keyword.startswith("again")]
         dead = parse_dead_letters(self.admin().xrange(keys.dlq_stream(STREAM)) or [])
         everysec = self.cluster.appendfsync == "everysec"
-        v = check(self.recorder.submits, calls, dead, self.events, self.port_owner, self.deleted, everysec)
+        moved: dict[str, int] = {}
+        for path in {d.log_path for d in self.cluster.all_daemons if d.log_path.exists()}:
+            moved.update(parse_moves(path.read_text(errors="replace").splitlines()))
+        v = check(
+            self.recorder.submits, calls, dead, self.events, self.port_owner, self.deleted, everysec, moved
+        )
         row.submits, row.uncertain, row.crawls, row.lost = v.submits, v.uncertain, v.crawls, v.lost
         row.deleted, row.aof_window, row.unexpected = v.deleted, v.aof_window, v.unexpected
         row.duplicated, row.bound, row.dead_letters = v.duplicated, v.bound, v.dead_letters

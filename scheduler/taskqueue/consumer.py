@@ -316,7 +316,13 @@ class Consumer:
         """Move due delayed retries into the stream; returns (moved, seconds until the next is due)."""
         args = [limit, keys.run_lock_prefix(self.stream), self.limits.lock_ttl_ms]
         with connection_errors(f"move delayed retries of {self.stream}"):
-            moved, next_ms = self.scripts.run("move_due", [self.delayed, self.stream], args)
+            moved, next_ms, *moves = self.scripts.run("move_due", [self.delayed, self.stream], args)
+        for i in range(0, len(moves), 3):  # the entry id changes here: one line ties the two together
+            old, new, task = (text(v) for v in moves[i : i + 3])
+            self.log.info(
+                "due retry moved into the stream",
+                extra={"entry_id": new, "parked_entry_id": old, "task_id": int(task) if task else None},
+            )
         return int(moved), (None if int(next_ms) < 0 else int(next_ms) / 1000)
 
     def trim(self, maxlen: int = keys.DEFAULT_STREAM_MAXLEN) -> int:

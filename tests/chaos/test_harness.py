@@ -62,6 +62,15 @@ def test_checker_entries_deleted_unread_are_the_faults_not_lost() -> None:
     assert (v.lost, v.deleted) == (0, 1)
 
 
+def test_checker_ties_a_moved_retrys_dead_letter_to_its_task_and_names_moves_of_lost_tasks() -> None:
+    submits = [Submit(1, "execute", 1.0, "1-0", 1.0), Submit(2, "execute", 1.5, "2-0", 1.5)]
+    dead = [DeadLetter(None, "9-0", "payload_lost: entry was trimmed or deleted", 5.0)]
+    moved = {"9-0": 1, "8-0": 2}  # task 1's retry became 9-0 (its payload then lost); task 2's 8-0
+    v = check(submits, [], dead, [], {}, Deleted(), everysec=False, moved=moved)
+    assert v.lost == 1  # without the moves, task 1 would be lost too
+    assert v.details["lost"] == ["task 2 entry 2-0 submitted at 1.500; its retries were moved to 8-0"]
+
+
 FAULT_OPTIONS = dataclasses.replace(OPTIONS, shared=0)  # the shared tasks have their own test below
 
 
