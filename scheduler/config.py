@@ -33,6 +33,7 @@ __all__ = ["SPECS", "LogFormat", "LogLevel", "Settings", "Spec", "load_settings"
 
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TaskStore = Literal["redis", "mysql"]
 
 DEFAULT_CONFIG_PATH: Final = "configs/config.json"
 MASK: Final = "***"
@@ -43,7 +44,7 @@ MiB: Final = 1024 * 1024
 GO_ONLY_APP_KEYS: Final = frozenset(
     {
         "env", "http_addr", "new_item_duration", "guest_idle_timeout", "guest_heartbeat",
-        "max_tasks_per_user", "max_items_per_task", "queue_capacity", "queue_batch_size", "jwt_secret",
+        "max_tasks_per_user", "queue_capacity", "queue_batch_size", "jwt_secret",
         "rate_limit", "rate_burst", "dedup_window", "proxy_cooldown", "max_tasks",
     }
 )  # fmt: skip
@@ -238,6 +239,82 @@ class Secret(Kind):
         return MASK if value else None
 
 
+class Text(Kind):
+    describe = "text"
+    optional = True
+
+    def convert(self, raw: object, native: bool) -> object:
+        if not isinstance(raw, str) or not raw.strip() or not raw.isprintable():
+            raise ValueError(f"must be non-empty printable text, got {raw!r}")
+        return raw.strip()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MysqlTarget:
+    """A Go MySQL driver DSN, read: ``user:pass@tcp(host:port)/dbname?param=value``."""
+
+    user: str
+    password: str
+    host: str
+    port: int
+    unix_socket: str | None
+    database: str
+    params: Mapping[str, str]
+
+    def __repr__(self) -> str:
+        return f"MysqlTarget({self.shown()!r})"
+
+    def shown(self) -> str:
+        """The DSN without its password, for logs."""
+        where = f"unix({self.unix_socket})" if self.unix_socket else f"tcp({self.host}:{self.port})"
+        user = f"{self.user}:{MASK}@" if self.password else (f"{self.user}@" if self.user else "")
+        return f"{user}{where}/{self.database}"
+
+
+def parse_go_dsn(dsn: str) -> MysqlTarget:
+    """Parse the Go driver's DSN form, as GoodsHunter's ``mysql.dsn`` holds it (the password may hold
+    ``@``/``:``: like the Go driver, the last ``/`` ends the address and the last ``@`` before it ends
+    the credentials)."""
+    slash = dsn.rfind("/")
+    if slash < 0:
+        raise ValueError("must look like user:password@tcp(host:3306)/dbname (no '/dbname' found)")
+    head, tail = dsn[:slash], dsn[slash + 1 :]
+    database, _, query = tail.partition("?")
+    if not database:
+        raise ValueError("names no database: user:password@tcp(host:3306)/dbname")
+    at = head.rfind("@")
+    creds, address = (head[:at], head[at + 1 :]) if at >= 0 else ("", head)
+    user, _, password = creds.partition(":")
+    match = re.fullmatch(r"(?:(?P<net>[a-z0-9]+)(?:\((?P<addr>[^)]*)\))?)?", address)
+    if match is None:
+        raise ValueError(f"has an address the Go driver would not read: {address!r} (say tcp(host:3306))")
+    net, addr = match["net"] or "tcp", match["addr"] or ""
+    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    if net == "unix":
+        return MysqlTarget(user, password, "localhost", 3306, addr or "/tmp/mysql.sock", database, params)
+    if net not in ("tcp", "tcp4", "tcp6"):
+        raise ValueError(f"network {net!r} is not supported (tcp or unix)")
+    host, port = ("127.0.0.1", 3306) if not addr else (split_host_port(addr) if ":" in addr else (addr, 3306))
+    return MysqlTarget(user, password, host, port, None, database, params)
+
+
+class MysqlDsn(Kind):
+    describe = "Go DSN (secret password)"
+    optional = True
+
+    def convert(self, raw: object, native: bool) -> object:
+        if not isinstance(raw, str):
+            raise ValueError(f"must be a string (value not shown), got a value of type {type(raw).__name__}")
+        try:
+            parse_go_dsn(raw.strip())
+        except ValueError as exc:
+            raise ValueError(f"{exc} (value not shown)") from None
+        return raw.strip()
+
+    def show(self, value: object) -> object:
+        return parse_go_dsn(value).shown() if isinstance(value, str) else None
+
+
 class RedisUrl(Kind):
     describe = "`redis://…`, `rediss://…`, `unix://…`"
     optional = True
@@ -312,6 +389,14 @@ def _app(default: T, kind: Kind, doc: str) -> T:
 
 def _redis(default: T, kind: Kind, doc: str) -> T:
     return dataclasses.field(default=default, metadata={_SPEC: ("redis", kind, doc)})
+
+
+def _mysql(default: T, kind: Kind, doc: str) -> T:
+    return dataclasses.field(default=default, metadata={_SPEC: ("mysql", kind, doc)})
+
+
+def _email(default: T, kind: Kind, doc: str) -> T:
+    return dataclasses.field(default=default, metadata={_SPEC: ("email", kind, doc)})
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -420,6 +505,17 @@ class Settings:
         Choice("debug", "info", "warning", "error", aliases={"warn": "warning"}),
         "Least severe level logged (`warn` is read as `warning`, as the Go service writes it).",
     )
+    task_store: TaskStore = _app(  # noqa: RUF009
+        "redis",
+        Choice("redis", "mysql"),
+        "Where task specs come from: `redis` (the embedded registry: the demo, a bare machine) or `mysql` "
+        "(GoodsHunter's `tasks` table; items, timelines and e-mails are written as the Go scheduler does).",
+    )
+    max_items_per_task: int = _app(
+        300,
+        Integer(1, 1_000_000),
+        "With `task_store` mysql: links kept per task in `task_items`, the oldest removed first.",
+    )
     redis_addr: str = _redis("localhost:6379", HostPort(), "Redis `host:port`.")
     redis_password: str | None = _redis(None, Secret(), "Redis password. None/empty: no AUTH.")
     redis_db: int = _redis(0, Integer(0), "Redis database number.")
@@ -427,6 +523,22 @@ class Settings:
         None,
         RedisUrl(),
         "`redis://`, `rediss://` (TLS) or `unix://` URL; wins over `redis.addr`. `redis.password` and `redis.db` fill in what the URL leaves out.",
+    )
+    mysql_dsn: str | None = _mysql(
+        None,
+        MysqlDsn(),
+        "GoodsHunter's database, in the Go driver's form `user:pass@tcp(host:3306)/goodshunter?parseTime=true&loc=Local`; needed by `app.task_store` mysql.",
+    )
+    email_smtp_host: str | None = _email(
+        None, Text(), "SMTP server for notifications. None: no mail is sent."
+    )
+    email_smtp_port: int = _email(
+        587, Integer(1, 65535), "SMTP port: 465 is TLS from the start, others STARTTLS when offered."
+    )
+    email_smtp_user: str | None = _email(None, Text(), "SMTP login. None: no AUTH.")
+    email_smtp_pass: str | None = _email(None, Secret(), "SMTP password.")
+    email_from_email: str | None = _email(
+        None, Text(), "Sender address of the notifications; needed with `email.smtp_host`."
     )
 
     def __post_init__(self) -> None:
@@ -454,7 +566,9 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line (for ``configure_logging(secrets=...)``)."""
-        found = [self.redis_password]
+        found = [self.redis_password, self.email_smtp_pass]
+        if self.mysql_dsn:
+            found.append(parse_go_dsn(self.mysql_dsn).password)
         if self.redis_url:
             parts = urlsplit(self.redis_url)
             found += [unquote(parts.password or ""), *parse_qs(parts.query).get("password", [])]
@@ -505,14 +619,14 @@ class Spec:
     """One row of the settings table."""
 
     name: str
-    section: Literal["app", "redis"]
+    section: Literal["app", "redis", "mysql", "email"]
     kind: Kind
     doc: str
     default: object
 
     @property
     def key(self) -> str:
-        return f"{self.section}.{self.name.removeprefix('redis_')}"
+        return f"{self.section}.{self.name.removeprefix(self.section + '_')}"
 
     @property
     def env(self) -> str:
@@ -547,6 +661,12 @@ def _check_relations(values: Mapping[str, Any], where: Mapping[str, str]) -> Non
                 f"{where[a.key]} = {a.kind.show(values[small])} must be {'<' if strictly else '≤'} "
                 f"{where[b.key]} = {b.kind.show(values[large])}"
             )
+    if values["task_store"] == "mysql" and not values["mysql_dsn"]:
+        store, dsn = _BY_NAME["task_store"].key, _BY_NAME["mysql_dsn"].key
+        raise ConfigError(f"{where[store]} = mysql needs {dsn} (env {_BY_NAME['mysql_dsn'].env})")
+    if bool(values["email_smtp_host"]) != bool(values["email_from_email"]):
+        host, sender = _BY_NAME["email_smtp_host"].key, _BY_NAME["email_from_email"].key
+        raise ConfigError(f"{where[host]} and {where[sender]} go together: set both to send mail, or neither")
     if values["crawler_tls_ca_file"] and not values["crawler_tls"]:
         ca, tls = _BY_NAME["crawler_tls_ca_file"].key, _BY_NAME["crawler_tls"].key
         raise ConfigError(f"{where[ca]} is set but {where[tls]} is false: set {tls} to true to use TLS")
@@ -618,7 +738,8 @@ def _object(pairs: list[tuple[str, Any]]) -> _JsonObject:
 
 
 def _read_file(path: Path) -> dict[str, object]:
-    """The ``app`` and ``redis`` values of a config file, by config key. Other sections are ignored."""
+    """The ``app``, ``redis``, ``mysql`` and ``email`` values of a config file, by config key. Other
+    sections are ignored; so are keys of ``mysql`` and ``email`` we do not read (the Go service's)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_object)
     except OSError as exc:
@@ -633,7 +754,7 @@ def _read_file(path: Path) -> dict[str, object]:
         raise ConfigError(f'config file {path}: must be a JSON object with sections such as "app", "redis"')
     found: dict[str, object] = {}
     unknown: list[str] = []
-    for section in ("app", "redis"):
+    for section in ("app", "redis", "mysql", "email"):
         body = document.get(section)
         if body is None:
             continue
@@ -646,7 +767,7 @@ def _read_file(path: Path) -> dict[str, object]:
             key = f"{section}.{name}"
             if key in _BY_KEY:
                 found[key] = value
-            elif not (section == "app" and name in GO_ONLY_APP_KEYS):
+            elif not (section == "app" and name in GO_ONLY_APP_KEYS) and section in ("app", "redis"):
                 unknown.append(key)
     if unknown:
         raise ConfigError(f"config file {path}: unknown key{'s' * (len(unknown) > 1)} " + _suggest(unknown))
@@ -685,7 +806,7 @@ def reference_markdown() -> str:
 
 def example_document() -> dict[str, dict[str, object]]:
     """configs/config.example.json: every key with its default (an empty string where there is none)."""
-    document: dict[str, dict[str, object]] = {"app": {}, "redis": {}}
+    document: dict[str, dict[str, object]] = {"app": {}, "redis": {}, "mysql": {}, "email": {}}
     for spec in SPECS:
         shown = spec.kind.show(spec.default)
         document[spec.section][spec.key.split(".", 1)[1]] = "" if shown is None else shown

@@ -20,6 +20,7 @@ from scheduler.config import (
     Settings,
     example_document,
     load_settings,
+    parse_go_dsn,
     redact,
     reference_markdown,
 )
@@ -70,9 +71,22 @@ SAMPLES: dict[str, tuple[object, str, object]] = {
     "redis_password": ("pw-file", "pw-env", None),
     "redis_db": (3, "3", 3),
     "redis_url": ("rediss://cache:6390/1", "unix:///run/redis.sock?db=2", None),
+    "task_store": ("mysql", "MySQL", "mysql"),
+    "max_items_per_task": (50, "60", None),
+    "mysql_dsn": ("u:p@tcp(db:3306)/gh?parseTime=true", "u:p@w@tcp(db)/gh", None),
+    "email_smtp_host": ("smtp.example.com", "mail.internal", None),
+    "email_smtp_port": (465, "2525", None),
+    "email_smtp_user": ("alerts", "alerts-env", None),
+    "email_smtp_pass": ("mail-pw-file", "mail-pw-env", None),
+    "email_from_email": ("hunter@example.com", "env@example.com", None),
 }
 # Settings that a sample needs alongside it (cross-field rules).
-NEEDS: dict[str, dict[str, object]] = {"crawler_tls_ca_file": {"crawler_tls": True}}
+NEEDS: dict[str, dict[str, object]] = {
+    "crawler_tls_ca_file": {"crawler_tls": True},
+    "task_store": {"mysql_dsn": "root@tcp(127.0.0.1:3306)/goodshunter"},
+    "email_smtp_host": {"email_from_email": "hunter@example.com"},
+    "email_from_email": {"email_smtp_host": "smtp.example.com"},
+}
 
 SPEC = {spec.name: spec for spec in SPECS}
 
@@ -120,10 +134,11 @@ def test_file_key_sets_the_setting(name: str, tmp_path: Path, ca_file: str) -> N
     spec = SPEC[name]
     file_value, _, expected = SAMPLES[name]
     section, key = spec.key.split(".")
-    document: dict[str, dict[str, object]] = {"app": {}, "redis": {}}
+    document: dict[str, dict[str, object]] = {"app": {}, "redis": {}, "mysql": {}, "email": {}}
     document[section][key] = _resolve(file_value, ca_file)
     for other, value in NEEDS.get(name, {}).items():
-        document["app"][other] = value
+        other_section, other_key = SPEC[other].key.split(".")
+        document[other_section][other_key] = value
     settings = load_settings(write_config(tmp_path, document), env={})
     got = getattr(settings, name)
     if expected is None:
@@ -135,6 +150,13 @@ def test_file_key_sets_the_setting(name: str, tmp_path: Path, ca_file: str) -> N
             "redis_addr": "redis.internal:6380",
             "redis_password": "pw-file",
             "redis_url": "rediss://cache:6390/1",
+            "max_items_per_task": 50,
+            "mysql_dsn": "u:p@tcp(db:3306)/gh?parseTime=true",
+            "email_smtp_host": "smtp.example.com",
+            "email_smtp_port": 465,
+            "email_smtp_user": "alerts",
+            "email_smtp_pass": "mail-pw-file",
+            "email_from_email": "hunter@example.com",
         }[name]
     assert got == _resolve(expected, ca_file)
     assert got != spec.default
@@ -157,6 +179,13 @@ def test_environment_variable_sets_the_setting(name: str, ca_file: str) -> None:
             "redis_addr": "[::1]:6380",
             "redis_password": "pw-env",
             "redis_url": "unix:///run/redis.sock?db=2",
+            "max_items_per_task": 60,
+            "mysql_dsn": "u:p@w@tcp(db)/gh",
+            "email_smtp_host": "mail.internal",
+            "email_smtp_port": 2525,
+            "email_smtp_user": "alerts-env",
+            "email_smtp_pass": "mail-pw-env",
+            "email_from_email": "env@example.com",
         }[name]
     assert got == _resolve(expected, ca_file)
     assert got != spec.default
@@ -366,11 +395,20 @@ BAD_VALUES = [
     ("redis_url", "redis://localhost:6379/zero", "database number"),
     ("redis_url", "redis://localhost:70000/0", "not a valid Redis URL"),
     ("redis_url", "unix://", "socket path"),
+    ("task_store", "postgres", "must be one of redis, mysql"),
+    ("max_items_per_task", "0", "must be an integer from 1 to 1000000"),
+    ("mysql_dsn", "root:secret@db:3306", "no '/dbname' found) (value not shown)"),
+    ("mysql_dsn", "root:secret@tcp(db:3306)/", "names no database"),
+    ("mysql_dsn", "root:secret@udp(db:3306)/gh", "network 'udp' is not supported"),
+    ("email_smtp_host", "\t", "must be non-empty printable text"),
+    ("email_smtp_port", "0", "from 1 to 65535"),
+    ("email_smtp_user", "a\x00b", "must be non-empty printable text"),
+    ("email_from_email", "\x07", "must be non-empty printable text"),
 ]
 
 
 def test_bad_values_cover_every_setting_but_free_text() -> None:
-    assert {name for name, _, _ in BAD_VALUES} == set(SPEC) - {"redis_password"}
+    assert {name for name, _, _ in BAD_VALUES} == set(SPEC) - {"redis_password", "email_smtp_pass"}
 
 
 @pytest.mark.parametrize(("name", "text", "expected"), BAD_VALUES)
@@ -680,3 +718,33 @@ def test_redis_client_over_a_unix_socket(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_go_dsn_and_smtp_password_are_secrets_and_other_go_keys_of_those_sections_load(
+    tmp_path: Path,
+) -> None:
+    document = {
+        "app": {"task_store": "mysql", "max_items_per_task": 300},
+        "mysql": {"dsn": "gh:p@ss/w0rd@tcp(db.internal:3307)/goodshunter?parseTime=true&loc=Local",
+                  "max_open_conns": 20},
+        "email": {"smtp_host": "smtp.example.com", "smtp_pass": "mail-secret", "from_email": "a@example.com",
+                  "template": "x"},
+    }  # fmt: skip
+    settings = load_settings(write_config(tmp_path, document), env={})
+    target = parse_go_dsn(settings.mysql_dsn or "")
+    assert (target.user, target.password, target.host, target.port) == (
+        "gh",
+        "p@ss/w0rd",
+        "db.internal",
+        3307,
+    )
+    assert target.database == "goodshunter" and target.params["parseTime"] == "true"
+    shown = json.dumps(settings.masked()) + repr(settings) + repr(target)
+    assert "p@ss" not in shown and "mail-secret" not in shown
+    assert settings.masked()["mysql.dsn"] == "gh:***@tcp(db.internal:3307)/goodshunter"
+    assert set(settings.secrets()) == {"p@ss/w0rd", "mail-secret"}
+
+
+def test_mysql_store_needs_a_dsn_and_mail_needs_host_and_sender() -> None:
+    assert "needs mysql.dsn (env MYSQL_DSN)" in one_line_error(env={"APP_TASK_STORE": "mysql"})
+    assert "go together" in one_line_error(env={"EMAIL_SMTP_HOST": "smtp.example.com"})
