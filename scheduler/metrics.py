@@ -113,6 +113,29 @@ class Metrics:
             "goodshunter_task_dlq_length", "Entries in the dead-letter stream.", registry=r
         )
         self.stops = Counter("goodshunter_task_stops", "Stop messages handled.", registry=r)
+        self.store_errors = Counter(
+            "goodshunter_task_store_errors",
+            "Task database (app.task_store = mysql) queries that failed; the entry is retried.",
+            registry=r,
+        )
+        self.item_events = Counter(
+            "goodshunter_item_events",
+            "New items and price drops found (app.task_store = mysql), by kind: new_item, price_drop.",
+            ["kind"],
+            registry=r,
+        )
+        self.mails_sent = Counter(
+            "goodshunter_mails_sent",
+            "Notification mails the SMTP server accepted, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.mails_failed = Counter(
+            "goodshunter_mails_failed",
+            "Notification mails given up after their retries (the event is dropped, not queued), by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.redis_errors = Counter(
             "goodshunter_redis_errors",
             "Redis commands that failed (connection lost, loading...).",

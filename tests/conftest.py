@@ -106,3 +106,14 @@ def daemons(tmp_path: Path, redis_server: RedisServer, r: redis.Redis) -> Iterat
     yield make
     for group in made:
         group.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_database() -> Iterator[object]:
+    """A private GoodsHunter database on the machine's MariaDB/MySQL (skips when none answers)."""
+    from tests.mysql.database import session_database, unreachable_reason
+
+    reason = unreachable_reason()
+    if reason:
+        pytest.skip(reason)
+    yield from session_database()

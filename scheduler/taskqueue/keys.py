@@ -100,3 +100,18 @@ def crawl_status_key(task_id: int) -> str:
 
 def crawl_message_key(task_id: int) -> str:
     return CRAWL_MESSAGE_KEY.format(task_id=task_id)
+
+
+def mail_outbox(stream: str) -> str:
+    """Stream of notification events (new item, price drop) waiting to be mailed, one entry per event."""
+    return f"{stream}:mail"
+
+
+def dedup_hash(task_id: int) -> str:
+    """GoodsHunter's per-task price memory (source id -> last price), as the Go scheduler names it."""
+    return f"dedup:{task_id}"
+
+
+def guest_active_key(user_id: int) -> str:
+    """Set by GoodsHunter's API while a guest user is active; a guest's tasks stop once it expires."""
+    return f"guest:active:{user_id}"

@@ -24,6 +24,7 @@ NAMES = (
     "trim",
     "reap_consumers",
     "dlq_replay",
+    "merge_items",
 )
 # scripts that use the shared functions of prelude.lua (lock liveness, pending checks, Redis time)
 WITH_PRELUDE = frozenset({"end", "lock_runs", "move_due", "publish_due", "set_status", "sweep_locks"})

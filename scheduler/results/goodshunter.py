@@ -1,0 +1,243 @@
+"""What a crawl writes in a real GoodsHunter (``app.task_store = mysql``), as its Go scheduler does it,
+with our guarantees: items in ``items``, the task's timeline in ``task_items``, ``baseline_at`` and
+``last_run_at`` on the row, new-item and price-drop events in the mail outbox.
+
+A crawl is at-least-once (a ``kill -9`` after these writes and before the ack runs it again), so every
+step is safe to repeat, in this order:
+
+1. read the task row and its user; a guest whose ``guest:active:<user>`` key expired is stopped instead;
+2. compare the items with the dedup hash ``dedup:<task>`` (source id -> last price, shared with a Go
+   scheduler during a migration): new, unchanged, cheaper, dearer;
+3. one MySQL transaction: upsert the items, link them (rank, time), refresh a cheaper item's link time,
+   remove links beyond ``app.max_items_per_task`` (oldest first); repeated, it writes the same rows;
+4. one Lua script: the new prices into the dedup hash and the events into the outbox, only for items
+   whose hash value is still what step 2 compared against; repeated, it finds the prices already
+   merged and writes no event, so no mail is sent twice;
+5. ``last_run_at`` (and ``baseline_at`` on the first run) last: a crash before it repeats a first run as
+   a first run, which notifies nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import pymysql.cursors
+
+from scheduler._proto import crawler_pb2
+from scheduler.taskqueue import keys
+from scheduler.taskqueue._redis import connection_errors, text
+from scheduler.taskqueue.scripts import Scripts
+from scheduler.tasks.mysql_store import MysqlPool
+
+log = logging.getLogger(__name__)
+
+OUTBOX_MAXLEN: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What one crawl needs to know about its row beyond the spec, read just before the crawl."""
+
+    task_id: int
+    keyword: str
+    first_run: bool  # baseline_at not set: this crawl sets it and notifies nothing
+    notify_to: str  # the user's address when notifications are on (and not a first run), else ''
+    oneshot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    new: int
+    dropped: int
+    events: int
+    already_merged: int
+    unlinked: int
+
+
+class GoodsHunterResults:
+    def __init__(
+        self, pool: MysqlPool, scripts: Scripts, stream: str, max_items_per_task: int, mail: bool = True
+    ) -> None:
+        self.mail = mail  # False (no email.smtp_host): events are counted, not queued for a mailer
+        self.pool = pool
+        self.scripts = scripts
+        self.redis = scripts.client
+        self.outbox = keys.mail_outbox(stream)
+        self.max_items = max_items_per_task
+
+    # -- before the crawl -------------------------------------------------------------------------------
+
+    def prepare(self, task_id: int) -> TaskContext | None:
+        """The row's context; None when the task must not be crawled (gone, or a guest gone idle: the row
+        is stopped, as the Go scheduler stops it)."""
+        with self.pool.connection() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(
+                "SELECT t.keyword, t.baseline_at, t.notify_enabled, t.task_type, t.user_id, u.email, u.role"
+                " FROM tasks t LEFT JOIN users u ON u.id = t.user_id WHERE t.id = %s",
+                (task_id,),
+            )
+            row: dict[str, Any] | None = cur.fetchone()
+            if row is None:
+                return None
+            role = str(row["role"] or "").strip().lower()
+            if role == "guest":
+                with connection_errors(f"read the guest activity of task {task_id}"):
+                    active = self.redis.exists(keys.guest_active_key(int(row["user_id"])))
+                if not active:
+                    cur.execute("UPDATE tasks SET status = 'stopped' WHERE id = %s", (task_id,))
+                    log.info("guest task stopped: the guest is no longer active", extra={"task_id": task_id})
+                    return None
+        first = row["baseline_at"] is None
+        email = str(row["email"] or "").strip()
+        return TaskContext(
+            task_id=task_id,
+            keyword=str(row["keyword"] or ""),
+            first_run=first,
+            notify_to=email if (self.mail and email and bool(row["notify_enabled"]) and not first) else "",
+            oneshot=str(row["task_type"] or "") == "oneshot",
+        )
+
+    # -- after a successful crawl -----------------------------------------------------------------------
+
+    def record(self, ctx: TaskContext, found: Sequence[crawler_pb2.Item]) -> Merged:
+        items = _unique(found)
+        dedup = keys.dedup_hash(ctx.task_id)
+        sources = [it.source_id for it in items]
+        with connection_errors(f"read the dedup hash of task {ctx.task_id}"):
+            raw = self.redis.hmget(dedup, sources) if sources else []
+        known = {s: text(v) for s, v in zip(sources, raw, strict=True) if v is not None}
+        now = datetime.now()
+        with self.pool.connection() as conn:
+            unlinked, events = self._write_rows(conn, ctx, items, known, now)
+        args: list[object] = [OUTBOX_MAXLEN, ctx.task_id, ctx.keyword, ctx.notify_to]
+        for it in items:
+            args += [it.source_id, known.get(it.source_id, ""), it.price, it.title, it.image_url, it.item_url,
+                     events.get(it.source_id, "")]  # fmt: skip
+        with connection_errors(f"merge the items of task {ctx.task_id}"):
+            _written, mailed, merged = self.scripts.run("merge_items", [dedup, self.outbox], args)
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "UPDATE tasks SET last_run_at = %s, baseline_at = COALESCE(baseline_at, %s)"
+                + (", status = 'completed'" if ctx.oneshot else "")
+                + " WHERE id = %s",
+                (now, now, ctx.task_id),
+            )
+        kinds = list(events.values())
+        return Merged(kinds.count("new_item"), kinds.count("price_drop"), int(mailed), int(merged), unlinked)
+
+    def _write_rows(
+        self,
+        conn: Any,
+        ctx: TaskContext,
+        items: list[crawler_pb2.Item],
+        known: dict[str, str],
+        now: datetime,
+    ) -> tuple[int, dict[str, str]]:
+        """Step 3, one transaction. Returns (links removed by the cap, the events by source id)."""
+        events: dict[str, str] = {}
+        conn.begin()
+        try:
+            with conn.cursor() as cur:
+                if items:
+                    cur.executemany(
+                        "INSERT INTO items (created_at, updated_at, source_id, title, price, image_url, item_url)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE"
+                        " updated_at = IF(price <=> VALUES(price) AND title <=> VALUES(title)"
+                        " AND image_url <=> VALUES(image_url) AND item_url <=> VALUES(item_url),"
+                        " updated_at, VALUES(updated_at)),"
+                        " title = VALUES(title), price = VALUES(price), image_url = VALUES(image_url),"
+                        " item_url = VALUES(item_url)",
+                        [
+                            (now, now, it.source_id, it.title, it.price, it.image_url, it.item_url)
+                            for it in items
+                        ],
+                    )
+                    marks = ", ".join(["%s"] * len(items))
+                    cur.execute(
+                        f"SELECT id, source_id FROM items WHERE source_id IN ({marks})",
+                        [it.source_id for it in items],
+                    )
+                    ids = {str(s): int(i) for i, s in cur.fetchall()}
+                    cur.execute(
+                        "SELECT i.source_id, ti.created_at FROM task_items ti JOIN items i ON i.id = ti.item_id"
+                        f" WHERE ti.task_id = %s AND i.source_id IN ({marks})",
+                        [ctx.task_id, *[it.source_id for it in items]],
+                    )
+                    linked = {str(s): t for s, t in cur.fetchall()}
+                    links, cheaper = [], []
+                    anchor: datetime | None = None  # the link time of the last known item above
+                    for rank, it in enumerate(items, start=1):
+                        old = known.get(it.source_id)
+                        if old is None:
+                            # unknown below a known item: found by crawling deeper, not new on the market
+                            # (the Go scheduler's rule): it joins the timeline at that item's time, unmailed
+                            links.append((ctx.task_id, ids[it.source_id], anchor or now, rank))
+                            if anchor is None:
+                                events[it.source_id] = "new_item"
+                            continue
+                        anchor = linked.get(it.source_id, anchor)
+                        links.append((ctx.task_id, ids[it.source_id], now, rank))
+                        if _price(old) is not None and it.price < (_price(old) or 0):
+                            events[it.source_id] = "price_drop"
+                            cheaper.append(ids[it.source_id])
+                    cur.executemany(
+                        "INSERT INTO task_items (task_id, item_id, created_at, `rank`) VALUES (%s, %s, %s, %s)"
+                        " ON DUPLICATE KEY UPDATE `rank` = VALUES(`rank`)",
+                        links,
+                    )
+                    if cheaper:  # a drop moves the item up the timeline (and marks it NEW in the API)
+                        marks = ", ".join(["%s"] * len(cheaper))
+                        cur.execute(
+                            f"UPDATE task_items SET created_at = %s WHERE task_id = %s AND item_id IN ({marks})",
+                            [now, ctx.task_id, *cheaper],
+                        )
+                unlinked = self._cap(cur, ctx.task_id)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        if ctx.first_run:
+            events = {}  # the baseline: everything is known from now on, nothing is news
+        return unlinked, events
+
+    def _cap(self, cur: Any, task_id: int) -> int:
+        """Keep the newest ``max_items`` links (by time, then rank): exactly that many, never a whole
+        batch of equal times too many (the Go scheduler deletes every link as old as the cut-off)."""
+        cur.execute(
+            "SELECT item_id FROM task_items WHERE task_id = %s ORDER BY created_at DESC, `rank` ASC"
+            " LIMIT 18446744073709551615 OFFSET %s",
+            (task_id, self.max_items),
+        )
+        extra = [int(r[0]) for r in cur.fetchall()]
+        if not extra:
+            return 0
+        for i in range(0, len(extra), 500):
+            chunk = extra[i : i + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            cur.execute(
+                f"DELETE FROM task_items WHERE task_id = %s AND item_id IN ({marks})", [task_id, *chunk]
+            )
+        return len(extra)
+
+
+def _unique(found: Sequence[crawler_pb2.Item]) -> list[crawler_pb2.Item]:
+    """Items with a source id, each once (the first, best-ranked, wins)."""
+    seen: set[str] = set()
+    out = []
+    for it in found:
+        source = it.source_id.strip()
+        if source and source not in seen:
+            seen.add(source)
+            out.append(it)
+    return out
+
+
+def _price(raw: str) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None

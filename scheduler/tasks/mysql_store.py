@@ -1,0 +1,213 @@
+"""GoodsHunter's MySQL as the task store (``app.task_store = mysql``): its API owns the ``tasks`` rows.
+
+The daemon reads specs from ``tasks`` (in batches, one query per read-loop batch) and never creates,
+migrates or re-enables rows: the API starts and stops tasks by writing ``status``. The only row write
+here is the guest stop (a guest whose activity key expired), as the Go scheduler does it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Final
+
+import pymysql
+import pymysql.cursors
+
+from scheduler.config import MysqlTarget
+from scheduler.errors import InvalidTaskError, SchedulerError
+from scheduler.registry import Platform, SortBy, SortOrder, Status, TaskSpec
+
+log = logging.getLogger(__name__)
+
+# the proto enums' numbers, as the API stores them in tasks.platform / sort_by / sort_order
+PLATFORMS: Final[dict[int, Platform]] = {1: "mercari", 2: "yahoo_auction"}
+SORTS: Final[dict[int, SortBy]] = {0: "created_time", 1: "price", 2: "score", 3: "num_likes"}
+ORDERS: Final[dict[int, SortOrder]] = {0: "desc", 1: "asc"}
+# 'queued' is what the Go dispatcher writes while a run is queued; 'completed' ends a one-shot task
+RUNNABLE: Final = frozenset({"running", "queued"})
+_COLUMNS: Final = "id, keyword, min_price, max_price, platform, sort_by, sort_order, status, updated_at"
+
+
+class StoreError(SchedulerError):
+    """The task database could not be reached or refused a query (the entry stays pending or retries).
+    ``code`` is the server's error number where it gave one (1045: access denied...)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MysqlPool:
+    """A few PyMySQL connections shared by the worker threads (a connection is not thread-safe)."""
+
+    def __init__(self, target: MysqlTarget, size: int = 8, connect_timeout: float = 5.0) -> None:
+        self.target = target
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self._idle: queue.LifoQueue[pymysql.connections.Connection[Any]] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def _connect(self) -> pymysql.connections.Connection[Any]:
+        t = self.target
+        return pymysql.connect(
+            host=t.host,
+            port=t.port,
+            unix_socket=t.unix_socket,
+            user=t.user or None,
+            password=t.password,
+            database=t.database,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=self.connect_timeout,
+            read_timeout=30,
+            write_timeout=30,
+        )
+
+    @contextmanager
+    def connection(self) -> Iterator[pymysql.connections.Connection[Any]]:
+        """A connection for one unit of work; one that failed is closed, not reused."""
+        self._slots.acquire()
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            yield conn
+        except pymysql.MySQLError as exc:
+            if conn is not None:
+                _close(conn)
+                conn = None
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+            raise StoreError(f"MySQL {self.target.shown()}: {_describe(exc)}", code) from None
+        except BaseException:
+            if conn is not None:
+                _close(conn)
+                conn = None
+            raise
+        finally:
+            if conn is not None:
+                self._idle.put(conn)
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                _close(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _close(conn: pymysql.connections.Connection[Any]) -> None:
+    try:
+        conn.close()
+    except Exception:  # already broken
+        pass
+
+
+def _describe(exc: pymysql.MySQLError) -> str:
+    args: tuple[object, ...] = tuple(exc.args)
+    if len(args) >= 2:
+        return f"({args[0]}) {args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+def spec_from_row(row: dict[str, Any]) -> TaskSpec:
+    """A ``tasks`` row as a TaskSpec; raises InvalidTaskError for a row the crawler could not run."""
+    task_id = int(row["id"])
+    platform = PLATFORMS.get(int(row["platform"] or 0))
+    if platform is None:
+        raise InvalidTaskError(f"invalid platform: {row['platform']!r} (1 mercari, 2 yahoo_auction)")
+    sort = SORTS.get(int(row["sort_by"] or 0))
+    order = ORDERS.get(int(row["sort_order"] or 0))
+    if sort is None or order is None:
+        raise InvalidTaskError(f"invalid sort: {row['sort_by']!r}/{row['sort_order']!r}")
+    status: Status = "running" if str(row["status"] or "").lower() in RUNNABLE else "stopped"
+    updated = row["updated_at"]
+    updated_s = updated.timestamp() if isinstance(updated, datetime) else 0.0
+    return TaskSpec(
+        task_id=task_id,
+        keyword=str(row["keyword"] or ""),
+        platform=platform,
+        min_price=int(row["min_price"] or 0),
+        max_price=int(row["max_price"] or 0),
+        only_on_sale=True,  # as the Go scheduler asks
+        sort=sort,
+        order=order,
+        status=status,
+        updated_at=updated_s,
+    )
+
+
+class MysqlTaskStore:
+    """The TaskRegistry of ``app.task_store = mysql``: GoodsHunter's ``tasks`` table, read-only."""
+
+    owns_status = False  # the API starts and stops tasks; the daemon never re-enables a row
+
+    def __init__(self, pool: MysqlPool) -> None:
+        self.pool = pool
+
+    def query(self, sql: str, args: Iterable[object] = ()) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(sql, tuple(args))
+            return list(cur.fetchall())
+
+    def get(self, task_id: int) -> TaskSpec | None:
+        return self.get_many([task_id])[task_id]
+
+    def get_many(self, task_ids: list[int]) -> dict[int, TaskSpec | None]:
+        """Specs by id (None: no such row, or a row that cannot be crawled, logged once per read)."""
+        out: dict[int, TaskSpec | None] = dict.fromkeys(task_ids)
+        if not task_ids:
+            return out
+        marks = ", ".join(["%s"] * len(task_ids))
+        for row in self.query(f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({marks})", task_ids):
+            try:
+                out[int(row["id"])] = spec_from_row(row)
+            except (InvalidTaskError, ValueError, TypeError) as exc:
+                log.error("task %s has a row that cannot be crawled (%s); treated as unknown", row["id"], exc)
+        return out
+
+    def queue_get_many(self, pipe: Any, task_ids: list[int]) -> None:
+        """Nothing to queue on the Redis pipeline: ``parse_many`` reads the rows."""
+
+    def parse_many(self, task_ids: list[int], replies: list[Any]) -> dict[int, TaskSpec | None]:
+        return self.get_many(task_ids)
+
+    def statuses(self, task_ids: list[int]) -> dict[int, tuple[Status | None, int]]:
+        specs = self.get_many(task_ids)
+        return {t: (s.status, s.status_stamp) if s else (None, 0) for t, s in specs.items()}
+
+    def registered(self, task_ids: list[int]) -> list[bool]:
+        specs = self.get_many(task_ids)
+        return [specs[t] is not None for t in task_ids]
+
+    def running_ids(self) -> list[int]:
+        """Every task the API has running: the periodic schedule's source."""
+        rows = self.query("SELECT id FROM tasks WHERE status IN ('running', 'queued') ORDER BY id")
+        return [int(r["id"]) for r in rows]
+
+    def put_many(self, specs: Iterable[TaskSpec]) -> int:
+        raise InvalidTaskError(
+            "tasks live in GoodsHunter's database (app.task_store = mysql): create them through its API"
+        )
+
+    def delete(self, task_id: int) -> bool:
+        raise InvalidTaskError(
+            "tasks live in GoodsHunter's database (app.task_store = mysql): delete them through its API"
+        )
+
+    def list(self) -> list[TaskSpec]:
+        rows = self.query(f"SELECT {_COLUMNS} FROM tasks ORDER BY id")
+        out = []
+        for row in rows:
+            try:
+                out.append(spec_from_row(row))
+            except (InvalidTaskError, ValueError, TypeError):
+                continue
+        return out

@@ -1,0 +1,47 @@
+"""With ``app.task_store = mysql`` the API's running rows are the periodic schedule: every sync adds the
+tasks that started running (first run due at once, as the Go scheduler enqueues every running task) and
+removes those stopped, completed or deleted. The periodic publisher then runs on the Redis schedule as
+for the embedded registry, so any number of daemons publish each task once per period.
+
+Safe with several daemons syncing at once: adds are ZADD NX, removals of what is gone anyway. A stale
+add (a row stopped between one daemon's read and its write) costs one execute, skipped when read."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from scheduler.taskqueue import keys
+from scheduler.taskqueue._redis import connection_errors
+from scheduler.tasks.mysql_store import MysqlTaskStore
+
+log = logging.getLogger(__name__)
+
+
+def sync_schedule(
+    store: MysqlTaskStore, client: redis.Redis, stream: str, interval_s: float
+) -> tuple[int, int]:
+    """Make the schedule hold exactly the running rows. Returns (added, removed)."""
+    running = set(store.running_ids())
+    schedule, intervals = keys.schedule_set(stream), keys.intervals_hash(stream)
+    with connection_errors("sync the schedule with the task database"):
+        members: list[bytes] = client.zrange(schedule, 0, -1)  # type: ignore[assignment]
+        scheduled = {int(t) for t in members}
+        added, removed = sorted(running - scheduled), sorted(scheduled - running)
+        if not (added or removed):
+            return 0, 0
+        now_ms = int(client.time()[0]) * 1000
+        pipe = client.pipeline(transaction=False)
+        for i in range(0, len(added), 1000):
+            chunk = added[i : i + 1000]
+            pipe.hset(intervals, mapping={str(t): int(interval_s * 1000) for t in chunk})
+            pipe.zadd(schedule, {str(t): now_ms for t in chunk}, nx=True)
+        for i in range(0, len(removed), 1000):
+            chunk = removed[i : i + 1000]
+            pipe.zrem(schedule, *chunk)
+            pipe.hdel(intervals, *[str(t) for t in chunk])
+        pipe.execute()
+    if added or removed:
+        log.info("schedule synced with the task database: %d added, %d removed", len(added), len(removed))
+    return len(added), len(removed)

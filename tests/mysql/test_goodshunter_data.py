@@ -1,0 +1,234 @@
+"""GoodsHunter's data path against a real MariaDB/MySQL and a real Redis: rows, timeline, events.
+
+The crawl's items are given directly (the daemon-level flow, crawler and SMTP included, is in
+test_daemon_mysql.py): what matters here is what lands in ``items`` / ``task_items`` / the row and the
+outbox, including when the same crawl is recorded twice (at-least-once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from scheduler._proto import crawler_pb2
+from scheduler.config import load_settings, parse_go_dsn
+from scheduler.errors import InvalidTaskError
+from scheduler.results.goodshunter import GoodsHunterResults
+from scheduler.taskqueue import keys
+from scheduler.taskqueue.scripts import Scripts
+from scheduler.tasks.mysql_store import MysqlPool, MysqlTaskStore, spec_from_row
+from scheduler.tasks.schedule_sync import sync_schedule
+from tests.mysql.database import Database
+
+STREAM = keys.DEFAULT_STREAM
+OUTBOX = keys.mail_outbox(STREAM)
+
+
+@pytest.fixture
+def db(mysql_database: Database) -> Iterator[Database]:
+    mysql_database.reset()
+    yield mysql_database
+
+
+@pytest.fixture
+def pool(db: Database) -> Iterator[MysqlPool]:
+    p = MysqlPool(parse_go_dsn(db.dsn), size=2)
+    yield p
+    p.close()
+
+
+def results(pool: MysqlPool, r: redis.Redis, max_items: int = 300) -> GoodsHunterResults:
+    return GoodsHunterResults(pool, Scripts(r), STREAM, max_items)
+
+
+def item(n: int, price: int) -> crawler_pb2.Item:
+    return crawler_pb2.Item(source_id=f"m{n:011d}", title=f"camera <{n}>", price=price,
+                            image_url=f"https://img.example/{n}.jpg", item_url=f"https://jp.mercari.com/item/m{n}")  # fmt: skip
+
+
+def outbox(r: redis.Redis) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(OUTBOX)]
+
+
+def crawl(res: GoodsHunterResults, task_id: int, items: list[crawler_pb2.Item]) -> None:
+    ctx = res.prepare(task_id)
+    assert ctx is not None
+    res.record(ctx, items)
+
+
+def test_the_apis_flow_baseline_then_one_new_item_and_one_drop_then_nothing(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    user = db.add_user("hunter@example.com")
+    task = db.add_task(user, "camera")
+    res = results(pool, r)
+    first = [item(3, 9000), item(2, 8000), item(1, 7000)]
+    crawl(res, task, first)
+    row = db.task(task)
+    assert row["baseline_at"] is not None and row["last_run_at"] is not None
+    assert [(link["source_id"], link["rank"]) for link in db.links(task)] == [
+        ("m00000000003", 1), ("m00000000002", 2), ("m00000000001", 3),
+    ]  # fmt: skip
+    assert outbox(r) == []  # the baseline notifies nothing
+    assert r.hgetall(keys.dedup_hash(task))[b"m00000000002"] == b"8000"
+
+    second = [item(4, 5000), item(3, 9000), item(2, 6500), item(1, 7000)]
+    crawl(res, task, second)
+    events = outbox(r)
+    assert [(e["kind"], e["source_id"], e["price"], e["old_price"]) for e in events] == [
+        ("new_item", "m00000000004", "5000", ""),
+        ("price_drop", "m00000000002", "6500", "8000"),
+    ]
+    assert {e["to"] for e in events} == {"hunter@example.com"} and events[0]["keyword"] == "camera"
+    prices = {link["source_id"]: link["price"] for link in db.links(task)}
+    assert prices["m00000000002"] == 6500 and len(prices) == 4
+
+    crawl(res, task, second)  # the third, identical crawl
+    assert len(outbox(r)) == 2
+
+
+def test_a_crawl_recorded_twice_writes_no_row_and_no_event_twice(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = results(pool, r)
+    crawl(res, task, [item(1, 1000)])
+    again = [item(2, 2000), item(1, 900)]
+    crawl(res, task, again)
+    crawl(res, task, again)  # a kill -9 after the writes, before the ack: the entry runs again
+    assert len(outbox(r)) == 2
+    assert len(db.query("SELECT * FROM items")) == 2 and len(db.links(task)) == 2
+
+
+def test_a_crash_between_the_rows_and_the_dedup_hash_still_mails_once(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = results(pool, r)
+    crawl(res, task, [item(1, 1000)])
+    before = r.hgetall(keys.dedup_hash(task))
+    crawl(res, task, [item(2, 2000), item(1, 800)])
+    # as if that run had died after its MySQL transaction and before the dedup script
+    r.delete(keys.dedup_hash(task), OUTBOX)
+    r.hset(keys.dedup_hash(task), mapping=before)  # type: ignore[arg-type]
+    crawl(res, task, [item(2, 2000), item(1, 800)])
+    assert sorted(e["kind"] for e in outbox(r)) == ["new_item", "price_drop"]
+    assert len(db.links(task)) == 2
+
+
+def test_a_go_schedulers_dedup_hash_is_honoured_no_mail_storm_on_migration(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    db.execute("UPDATE tasks SET baseline_at = NOW() WHERE id = %s", task)  # the Go scheduler's baseline
+    r.hset(keys.dedup_hash(task), mapping={f"m{n:011d}": str(1000 * n) for n in (1, 2, 3)})
+    crawl(results(pool, r), task, [item(3, 3000), item(2, 2000), item(1, 1000)])
+    assert outbox(r) == []
+    assert len(db.links(task)) == 3  # the rows are written all the same
+
+
+def test_items_found_below_a_known_one_are_linked_at_its_time_and_not_mailed(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = results(pool, r)
+    crawl(res, task, [item(5, 500)])
+    known_at = db.links(task)[0]["created_at"]
+    crawl(res, task, [item(6, 600), item(5, 500), item(4, 400)])  # 4: deeper, an old listing
+    assert [e["source_id"] for e in outbox(r)] == ["m00000000006"]
+    times = {link["source_id"]: link["created_at"] for link in db.links(task)}
+    assert times["m00000000004"] == known_at and times["m00000000006"] > known_at
+
+
+def test_links_beyond_max_items_per_task_are_removed_oldest_first_exactly(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = results(pool, r, max_items=5)
+    crawl(res, task, [item(n, 100 * n) for n in (3, 2, 1)])
+    crawl(res, task, [item(n, 100 * n) for n in (8, 7, 6, 5, 4, 3, 2, 1)])  # one batch time, 8 ranks
+    kept = [link["source_id"] for link in db.links(task)]
+    # the newest 5: equal times are cut by rank, never a whole batch of equal times too many
+    assert kept == [f"m{n:011d}" for n in (8, 7, 6, 5, 4)]
+
+
+def test_an_idle_guests_task_is_stopped_instead_of_crawled(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    guest = db.add_user("guest@example.com", role="guest")
+    task = db.add_task(guest, "lens")
+    res = results(pool, r)
+    r.set(keys.guest_active_key(guest), "1", ex=60)
+    assert res.prepare(task) is not None
+    r.delete(keys.guest_active_key(guest))
+    assert res.prepare(task) is None
+    assert db.task(task)["status"] == "stopped"
+
+
+def test_notifications_off_or_no_address_queue_no_event(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    quiet = db.add_task(db.add_user("a@example.com"), "lens", notify=False)
+    res = results(pool, r)
+    crawl(res, quiet, [item(1, 100)])
+    crawl(res, quiet, [item(2, 200), item(1, 50)])
+    assert outbox(r) == []
+    assert GoodsHunterResults(pool, Scripts(r), STREAM, 300, mail=False).prepare(quiet) is not None
+
+
+def test_the_store_reads_rows_as_specs_and_refuses_to_write_them(db: Database, pool: MysqlPool) -> None:
+    user = db.add_user("a@example.com")
+    running = db.add_task(user, "camera", min_price=100, max_price=900, platform=2)
+    stopped = db.add_task(user, "lens", status="stopped")
+    broken = db.add_task(user, "bad", platform=0)
+    store = MysqlTaskStore(pool)
+    specs = store.get_many([running, stopped, broken, 999])
+    spec = specs[running]
+    assert spec is not None
+    assert (spec.keyword, spec.platform, spec.min_price, spec.max_price, spec.sort, spec.order) == (
+        "camera", "yahoo_auction", 100, 900, "created_time", "desc",
+    )  # fmt: skip
+    assert spec.only_on_sale and spec.status == "running"
+    assert specs[stopped] is not None and specs[stopped].status == "stopped"  # type: ignore[union-attr]
+    assert specs[broken] is None and specs[999] is None
+    assert store.statuses([stopped, 999]) == {
+        stopped: ("stopped", specs[stopped].status_stamp),
+        999: (None, 0),
+    }  # type: ignore[union-attr]
+    assert store.running_ids() == [running, broken]
+    assert store.owns_status is False
+    with pytest.raises(InvalidTaskError, match="through its API"):
+        store.put_many([spec])
+    with pytest.raises(InvalidTaskError):
+        spec_from_row({"id": 1, "keyword": "x", "platform": 1, "sort_by": 9, "sort_order": 0,
+                       "status": "running", "min_price": 0, "max_price": 0, "updated_at": None})  # fmt: skip
+
+
+def test_the_schedule_follows_the_running_rows(db: Database, pool: MysqlPool, r: redis.Redis) -> None:
+    user = db.add_user("a@example.com")
+    a, b = db.add_task(user, "a"), db.add_task(user, "b")
+    store = MysqlTaskStore(pool)
+    assert sync_schedule(store, r, STREAM, 300.0) == (2, 0)
+    assert sync_schedule(store, r, STREAM, 300.0) == (0, 0)  # idempotent: any daemon may run it
+    db.execute("UPDATE tasks SET status = 'stopped' WHERE id = %s", b)
+    c = db.add_task(user, "c")
+    assert sync_schedule(store, r, STREAM, 300.0) == (1, 1)
+    assert sorted(int(t) for t in r.zrange(keys.schedule_set(STREAM), 0, -1)) == [a, c]
+    assert r.hget(keys.intervals_hash(STREAM), str(c)) == b"300000"
+
+
+def test_a_wrong_mysql_password_is_one_line_at_start(db: Database) -> None:
+    from scheduler.metrics import Metrics
+    from scheduler.results.datapath import DataPath
+
+    t = parse_go_dsn(db.dsn)
+    settings = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0",
+                                  "MYSQL_DSN": f"nosuchuser:wrong-pw@tcp({t.host}:{t.port})/{t.database}"})  # fmt: skip
+    reason = DataPath(settings, redis.Redis(), Metrics()).check()
+    assert reason is not None and "refused the user or password" in reason and "\n" not in reason
+    assert "wrong-pw" not in reason
+    missing = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0",
+                                 "MYSQL_DSN": f"{t.user}@tcp({t.host}:{t.port})/no_such_db_here"})  # fmt: skip
+    assert "unknown database" in (DataPath(missing, redis.Redis(), Metrics()).check() or "")
