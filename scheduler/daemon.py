@@ -36,6 +36,7 @@ from scheduler.lifecycle import Lifecycle
 from scheduler.maintenance import Maintenance
 from scheduler.metrics import Metrics
 from scheduler.outcomes import Outcomes
+from scheduler.results.datapath import DataPath
 from scheduler.signals import Signals
 from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import Limits
@@ -85,7 +86,9 @@ class Daemon:
             open_seconds=s.breaker_open_duration,
             on_change=lambda _old, new: self.metrics.set_circuit(new),  # the breaker logs transitions
         )
-        self.lifecycle = Lifecycle(s, self.redis)
+        # app.task_store = mysql: GoodsHunter's tables are the task store and what a crawl writes
+        self.data = DataPath(s, self.redis, self.metrics) if s.task_store == "mysql" else None
+        self.lifecycle = Lifecycle(s, self.redis, registry=self.data.store if self.data else None)
         self.registry = self.lifecycle.registry
         self.consumer = Consumer(
             self.redis,
@@ -112,7 +115,8 @@ class Daemon:
         self._forced = threading.Event()  # give up the drain: cancel crawls, stop retrying writes
         self._halt = threading.Event()  # after the drain: stop renewing leases, stop hearing stops
         self.writer = Outcomes(s, self.consumer, self.metrics, self.holdings, give_up=self._forced)
-        self.runner = TaskRunner(s, self.crawler, self.breaker, self.metrics, self.lifecycle)
+        self.runner = TaskRunner(s, self.crawler, self.breaker, self.metrics, self.lifecycle,
+                                 self.data.results if self.data else None)  # fmt: skip
         self.intake = Intake(s, self.consumer, self.lifecycle, self.holdings, self.slots, self.writer, self.runner,
                              self.crawler, self.breaker, self.metrics, self._stopping)  # fmt: skip
         self.maintenance = Maintenance(
@@ -138,7 +142,11 @@ class Daemon:
 
     def start(self) -> None:
         s = self.settings
-        from scheduler.startup import prepare
+        from scheduler.startup import StartupError, prepare
+
+        refused = self.data.check() if self.data else None
+        if refused:  # a wrong MySQL password or database: one line, exit 1, nothing started
+            raise StartupError(refused)
 
         http_tried: list[bool] = []
 
@@ -170,7 +178,10 @@ class Daemon:
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
         leases = Job("lease renewal", lambda: s.lease_renew_interval, self.holdings.renew)
-        self._maintenance_timer = TimerThread("maintenance", self.maintenance.jobs(), self._stopping)
+        jobs = self.maintenance.jobs() + (self.data.jobs() if self.data else [])
+        self._maintenance_timer = TimerThread("maintenance", jobs, self._stopping)
+        if self.data:
+            self.data.start(self._halt)
         self._timers = [
             TimerThread("leases", [leases], self._halt),
             self._maintenance_timer,
@@ -285,6 +296,8 @@ class Daemon:
             self._http.stop(min(1.0, left()))
         self.health.close()
         self.crawler.close()
+        if self.data:
+            self.data.close(min(1.5, left()))
         if left() > 0:
             self.maintenance.clear_heartbeat()  # best effort: it expires by itself
         self.redis.close()

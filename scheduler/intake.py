@@ -224,7 +224,7 @@ class Intake:
         assert self.executor is not None
         for msg in messages:
             spec = specs.get(msg.message.task_id)
-            outcome = _route(msg, spec, verdicts.get(msg.id))
+            outcome = _route(msg, spec, verdicts.get(msg.id), self.registry.owns_status)
             running = Running(msg, probe=probe, started_ms=locked_ms)
             if isinstance(outcome, LeavePending):  # no longer pending to this consumer: not ours to end
                 self.slots.give()
@@ -276,8 +276,12 @@ class Intake:
             log.warning("%d entries read before the stop left pending (%s)", len(batch), exc)
 
 
-def _route(msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None) -> Outcome | None:
-    """What the read loop does with a message: None hands it to a worker (a crawl, or a stop)."""
+def _route(
+    msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None, owns_status: bool = True
+) -> Outcome | None:
+    """What the read loop does with a message: None hands it to a worker (a crawl, or a stop). With a
+    store that does not let the daemon change statuses (MySQL: the API re-enables a task by writing its
+    row), a stopped task is never crawled."""
     if msg.message.action == "stop":
         return None
     if verdict == "gone":
@@ -285,7 +289,7 @@ def _route(msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None) -
     if spec is None:
         return Skip("skipped")
     if spec.status == "stopped":
-        if not _restarts(msg, spec):
+        if not owns_status or not _restarts(msg, spec):
             return Skip("skipped")
         if verdict == "duplicate":
             # a re-enable behind a run of the stopped task (queued before the stop, or a crawl the stop

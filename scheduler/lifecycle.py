@@ -22,7 +22,7 @@ from typing import Any, Literal
 import redis
 
 from scheduler.config import Settings
-from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.registry import RedisTaskRegistry, TaskRegistry, TaskSpec
 from scheduler.taskqueue import Producer, keys
 from scheduler.taskqueue._redis import connection_errors, text
 from scheduler.taskqueue.message import format_timestamp
@@ -53,11 +53,17 @@ class RunRequest:
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, client: redis.Redis, scripts: Scripts | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        scripts: Scripts | None = None,
+        registry: TaskRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = client
         self.scripts = scripts or Scripts(client)
-        self.registry = RedisTaskRegistry(client)
+        self.registry: TaskRegistry = registry or RedisTaskRegistry(client)
         stream = settings.task_queue_stream
         self.stream = stream
         self.group = settings.task_queue_group

@@ -127,6 +127,10 @@ def _check_choice(name: str, value: object, choices: Any) -> None:
 
 
 class TaskRegistry(Protocol):
+    # whether the daemon may change a task's status (re-enable a stopped task on a user's execute); a
+    # store whose owner starts and stops tasks itself (GoodsHunter's API and its MySQL rows) says no
+    owns_status: bool
+
     def get(self, task_id: int) -> TaskSpec | None: ...
     def queue_get_many(self, pipe: Any, task_ids: list[int]) -> None: ...
     def parse_many(self, task_ids: list[int], replies: list[Any]) -> dict[int, TaskSpec | None]: ...
@@ -139,6 +143,8 @@ class TaskRegistry(Protocol):
 
 class RedisTaskRegistry:
     """``goodshunter:task:spec:<id>`` hashes and the ``goodshunter:task:ids`` index set."""
+
+    owns_status = True
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client

@@ -23,8 +23,10 @@ from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
 from scheduler.outcomes import LeavePending, Outcome, Skip, Success, after_failure
 from scheduler.registry import TaskSpec
+from scheduler.results.goodshunter import GoodsHunterResults, TaskContext
 from scheduler.taskqueue import StreamMessage
 from scheduler.taskqueue.message import entry_ms, format_timestamp
+from scheduler.tasks.mysql_store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +87,14 @@ class TaskRunner:
         breaker: CircuitBreaker,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        results: GoodsHunterResults | None = None,
     ) -> None:
         self.settings = settings
         self.crawler = crawler
         self.breaker = breaker
         self.metrics = metrics
         self.lifecycle = lifecycle
+        self.results = results  # app.task_store = mysql: GoodsHunter's rows and mails
 
     def run(self, running: Running, spec: TaskSpec | None) -> Outcome:
         msg = running.msg
@@ -100,15 +104,13 @@ class TaskRunner:
             self.metrics.queue_wait.observe(wait)
         requested = task.requested_at(msg.id)
         if task.action == "stop":
-            # ordered by when the stop was made; every daemon's crawl of the task is cancelled through
-            # the control channel the script publishes on
-            who = f"stop message {msg.id} (source {task.source})"
-            if self.lifecycle.stop(task.task_id, who, requested) != "stale":
-                self.metrics.stops.inc()
-            return Skip("stop")
+            return self._stop(msg, requested)
         assert spec is not None  # the read loop passes only runnable executes
         if spec.status == "stopped" and self.lifecycle.resume(task.task_id, requested, spec) != "applied":
             return Skip("skipped")  # deleted meanwhile, or a later stop exists
+        context = self._prepare(running)
+        if not isinstance(context, TaskContext | None):
+            return context  # the row is gone, its guest went idle, or the database failed
         started = time.monotonic()
         try:
             fetched = self.crawler.fetch(build_request(spec), cancel=running.token)
@@ -126,7 +128,57 @@ class TaskRunner:
                 self.breaker.record_success()  # the crawler answered: it is up, the request is bad
             return after_failure(self.settings, task.retry, exc, running.probe, time.monotonic() - started)
         self.breaker.record_success()
-        return self._success(fetched, time.monotonic() - started)
+        failed = self._record(running, context, fetched, started) if context is not None else None
+        return failed or self._success(fetched, time.monotonic() - started)
+
+    def _stop(self, msg: StreamMessage, requested: int) -> Outcome:
+        """Ordered by when the stop was made; every daemon's crawl of the task is cancelled through the
+        control channel the script publishes on."""
+        who = f"stop message {msg.id} (source {msg.message.source})"
+        if self.lifecycle.stop(msg.message.task_id, who, requested) != "stale":
+            self.metrics.stops.inc()
+        return Skip("stop")
+
+    def _prepare(self, running: Running) -> TaskContext | Outcome | None:
+        """app.task_store = mysql: the row's context for the crawl (None without the MySQL store)."""
+        if self.results is None:
+            return None
+        task = running.msg.message
+        try:
+            context = self.results.prepare(task.task_id)
+        except StoreError as exc:
+            return self._store_failed(task.retry, exc, 0.0)
+        return Skip("skipped") if context is None else context
+
+    def _record(
+        self, running: Running, context: TaskContext, fetched: FetchOutcome, started: float
+    ) -> Outcome | None:
+        """GoodsHunter's rows and events of a successful crawl; an Outcome only when they failed."""
+        assert self.results is not None
+        msg = running.msg
+        try:
+            merged = self.results.record(context, fetched.response.items)
+        except StoreError as exc:
+            return self._store_failed(msg.message.retry, exc, time.monotonic() - started)
+        if merged.new:
+            self.metrics.item_events.labels("new_item").inc(merged.new)
+        if merged.dropped:
+            self.metrics.item_events.labels("price_drop").inc(merged.dropped)
+        if merged.new or merged.dropped or merged.unlinked:
+            log.info(
+                "items merged",
+                extra=self.extra(msg, new_items=merged.new, price_drops=merged.dropped,
+                                 mails=merged.events, unlinked=merged.unlinked),
+            )  # fmt: skip
+        return None
+
+    def _store_failed(self, retry: int, exc: StoreError, seconds: float) -> Outcome:
+        """The task database failed: retried like a transient crawler failure (the crawl is repeated;
+        every write it makes is safe to repeat)."""
+        self.metrics.store_errors.inc()
+        log.warning("task database error (%s); retried", exc, extra={"retry": retry})
+        return after_failure(self.settings, retry, CrawlerError("STORE_UNAVAILABLE", str(exc), transient=True),
+                             False, seconds)  # fmt: skip
 
     @staticmethod
     def _success(fetched: FetchOutcome, seconds: float) -> Success:
