@@ -111,7 +111,11 @@ class Holdings:
             return
         for task_id, (status, made_at) in self.registry.statuses(task_ids).items():
             if status == "stopped":
-                self.cancel_task(task_id, "stopped", made_before=made_at)
+                # a store whose owner sets statuses (MySQL rows): the row as it is now is the truth, and
+                # every crawl of a stopped row ends, whenever it was requested
+                self.cancel_task(
+                    task_id, "stopped", made_before=made_at if self.registry.owns_status else None
+                )
             elif status is None:  # deleted
                 self.cancel_task(task_id, "stopped")
 

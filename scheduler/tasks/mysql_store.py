@@ -189,8 +189,17 @@ class MysqlTaskStore:
 
     def running_ids(self) -> list[int]:
         """Every task the API has running: the periodic schedule's source."""
-        rows = self.query("SELECT id FROM tasks WHERE status IN ('running', 'queued') ORDER BY id")
-        return [int(r["id"]) for r in rows]
+        return [task_id for task_id, _ in self.running()]
+
+    def running(self) -> list[tuple[int, float]]:
+        """Every running task and when it last ran or, never run, was created (seconds; 0: unknown)."""
+        rows = self.query(
+            "SELECT id, COALESCE(last_run_at, created_at) AS since FROM tasks"
+            " WHERE status IN ('running', 'queued') ORDER BY id"
+        )
+        return [
+            (int(r["id"]), r["since"].timestamp() if isinstance(r["since"], datetime) else 0.0) for r in rows
+        ]
 
     def put_many(self, specs: Iterable[TaskSpec]) -> int:
         raise InvalidTaskError(

@@ -1,6 +1,7 @@
 """With ``app.task_store = mysql`` the API's running rows are the periodic schedule: every sync adds the
-tasks that started running (first run due at once, as the Go scheduler enqueues every running task) and
-removes those stopped, completed or deleted. The periodic publisher then runs on the Redis schedule as
+tasks that started running and removes those stopped, completed or deleted. An added task is due a
+period after it last ran or, never run, after it was created (the API's own execute makes the first
+run), and at once when that is past: after a long outage every overdue task runs, once. The periodic publisher then runs on the Redis schedule as
 for the embedded registry, so any number of daemons publish each task once per period.
 
 Safe with several daemons syncing at once: adds are ZADD NX, removals of what is gone anyway. A stale
@@ -23,7 +24,8 @@ def sync_schedule(
     store: MysqlTaskStore, client: redis.Redis, stream: str, interval_s: float
 ) -> tuple[int, int]:
     """Make the schedule hold exactly the running rows. Returns (added, removed)."""
-    running = set(store.running_ids())
+    rows = dict(store.running())
+    running = set(rows)
     schedule, intervals = keys.schedule_set(stream), keys.intervals_hash(stream)
     with connection_errors("sync the schedule with the task database"):
         members: list[bytes] = client.zrange(schedule, 0, -1)  # type: ignore[assignment]
@@ -36,7 +38,8 @@ def sync_schedule(
         for i in range(0, len(added), 1000):
             chunk = added[i : i + 1000]
             pipe.hset(intervals, mapping={str(t): int(interval_s * 1000) for t in chunk})
-            pipe.zadd(schedule, {str(t): now_ms for t in chunk}, nx=True)
+            due = {str(t): max(now_ms, int((rows[t] + interval_s) * 1000)) for t in chunk}
+            pipe.zadd(schedule, due, nx=True)
         for i in range(0, len(removed), 1000):
             chunk = removed[i : i + 1000]
             pipe.zrem(schedule, *chunk)

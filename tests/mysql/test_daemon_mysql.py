@@ -1,0 +1,135 @@
+"""The daemon on ``app.task_store = mysql``, as a real GoodsHunter runs it: rows inserted as the API
+inserts them, executes XADDed as the Go API sends them, the fake crawler, MariaDB and a real SMTP sink."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from crawler_stub import CrawlerStub
+from scheduler.config import load_settings
+from scheduler.daemon import Daemon
+from scheduler.redis_server import RedisServer
+from scheduler.taskqueue import Producer, keys
+from tests.e2e.support import pending_count, statuses, wait_until
+from tests.mysql.database import Database
+from tests.smtp_sink import SmtpSink
+
+
+@pytest.fixture
+def db(mysql_database: Database) -> Iterator[Database]:
+    mysql_database.reset()
+    yield mysql_database
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as s:
+        yield s
+
+
+@pytest.fixture
+def daemon(
+    redis_server: RedisServer, r: redis.Redis, crawler_stub: CrawlerStub, db: Database, sink: SmtpSink
+) -> Iterator[Daemon]:
+    settings = load_settings(
+        env={
+            "REDIS_URL": redis_server.url,
+            "APP_CRAWLER_GRPC_ADDR": crawler_stub.address,
+            "APP_CONSUMER_NAME": "mysql-inproc",
+            "APP_METRICS_PORT": "0",
+            "APP_WORKER_POOL_SIZE": "4",
+            "APP_TASK_STORE": "mysql",
+            "MYSQL_DSN": db.dsn,
+            "EMAIL_SMTP_HOST": "127.0.0.1",
+            "EMAIL_SMTP_PORT": str(sink.port),
+            "EMAIL_FROM_EMAIL": "hunter@goodshunter.example",
+        }
+    )
+    d = Daemon(settings, handle_signals=False)
+    thread = threading.Thread(target=d.run)
+    thread.start()
+    assert d.started.wait(10)
+    yield d
+    d.request_stop()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def crawled(stub: CrawlerStub, task: int) -> int:
+    return sum(1 for c in stub.calls if c["task_id"] == str(task) and c["code"] == "OK")
+
+
+def test_the_go_apis_flow_rows_items_baseline_then_exactly_one_mail_per_event(
+    daemon: Daemon, db: Database, r: redis.Redis, crawler_stub: CrawlerStub, sink: SmtpSink
+) -> None:
+    user = db.add_user("buyer@example.com")
+    task = db.add_task(user, "film camera")
+    producer = Producer(r)
+    producer.submit_task(task, "user_create")  # the API: INSERT the row, then XADD an execute
+    wait_until(lambda: db.task(task)["last_run_at"] is not None, 10, what="first crawl recorded")
+    links = db.links(task)
+    assert len(links) == 5 and db.task(task)["baseline_at"] is not None
+    assert statuses(r, [task]) == {task: "success"}
+    assert not sink.wait(1, timeout=1.0)  # the baseline mails nothing
+
+    # one known item was dearer before (as if its price had dropped since): the next crawl has one new
+    # item (the fake crawler's window moves by one per call) and that cheaper one
+    cheaper = links[2]
+    r.hset(keys.dedup_hash(task), cheaper["source_id"], cheaper["price"] + 500)
+    producer.submit_task(task, "user_create")
+    assert sink.wait(2, timeout=10)
+    assert not sink.wait(3, timeout=1.5), [str(m["Subject"]) for m in sink.messages]
+    subjects = sorted(str(m["Subject"]) for m in sink.messages)
+    assert len(subjects) == 2 and "New item" in subjects[0] and "Price drop" in subjects[1]
+    drop = next(m for m in sink.messages if "Price drop" in str(m["Subject"]))
+    body = drop.get_body(("html",))
+    assert body is not None
+    html = body.get_content()
+    assert f"{cheaper['price'] + 500:,}" in html and f"{cheaper['price']:,}" in html
+    assert {str(m["To"]) for m in sink.messages} == {"buyer@example.com"}
+    wait_until(lambda: daemon.metrics.mails_sent.labels("price_drop")._value.get() == 1, 5)
+
+    producer.submit_task(task, "user_create")  # the window moves by one again: one new item, one mail
+    assert sink.wait(3, timeout=10)
+    assert not sink.wait(4, timeout=1.5)
+    assert len(db.links(task)) == 7 and pending_count(r) == 0
+
+
+def test_a_stopped_or_deleted_row_is_not_crawled_and_a_go_stop_message_works(
+    daemon: Daemon, db: Database, r: redis.Redis, crawler_stub: CrawlerStub
+) -> None:
+    user = db.add_user("buyer@example.com")
+    stopped = db.add_task(user, "stopped camera", status="stopped")
+    producer = Producer(r)
+    producer.submit_many([stopped, 4040], "user_create")  # a stopped row, and no row at all
+    wait_until(lambda: daemon.metrics.tasks_processed.labels("skipped")._value.get() == 2, 10)
+    assert crawled(crawler_stub, stopped) == 0 and db.task(stopped)["status"] == "stopped"
+
+    running = db.add_task(user, "slow camera;delay=3000")
+    producer.submit_task(running, "user_create")
+    wait_until(lambda: crawler_stub.active_calls == 1, 5, what="the crawl in flight")
+    db.execute("UPDATE tasks SET status = 'stopped' WHERE id = %s", running)  # the API stops it ...
+    producer.stop_task(
+        running, "user_stop"
+    )  # ... and sends the Go stop message: the crawl in flight is cancelled
+    wait_until(lambda: daemon.metrics.tasks_processed.labels("cancelled")._value.get() == 1, 10)
+    assert db.task(running)["last_run_at"] is None
+
+
+def test_running_rows_are_the_periodic_schedule(
+    daemon: Daemon, db: Database, r: redis.Redis, crawler_stub: CrawlerStub
+) -> None:
+    user = db.add_user("buyer@example.com")
+    overdue = db.add_task(user, "scheduled camera")
+    db.execute("UPDATE tasks SET last_run_at = NOW() - INTERVAL 1 DAY WHERE id = %s", overdue)
+    fresh = db.add_task(user, "new camera")  # the API's own execute makes its first run
+    daemon.data.sync()  # type: ignore[union-attr]  # (the daemon runs it every min(30 s, period))
+    wait_until(lambda: crawled(crawler_stub, overdue) == 1, 10, what="the overdue task's run, at once")
+    schedule = keys.schedule_set(keys.DEFAULT_STREAM)
+    due = r.zscore(schedule, str(fresh))
+    assert due is not None and due > (float(r.time()[0]) + 250) * 1000  # a period after its creation
+    assert crawled(crawler_stub, fresh) == 0
