@@ -3,8 +3,13 @@ inserts them, executes XADDed as the Go API sends them, the fake crawler, MariaD
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,9 +19,11 @@ from scheduler.config import load_settings
 from scheduler.daemon import Daemon
 from scheduler.redis_server import RedisServer
 from scheduler.taskqueue import Producer, keys
-from tests.e2e.support import pending_count, statuses, wait_until
+from tests.e2e.support import FAST_ENV, pending_count, statuses, wait_until
 from tests.mysql.database import Database
 from tests.smtp_sink import SmtpSink
+
+DIE_AFTER_RECORD = Path(__file__).with_name("die_after_record.py")
 
 
 @pytest.fixture
@@ -133,3 +140,51 @@ def test_running_rows_are_the_periodic_schedule(
     due = r.zscore(schedule, str(fresh))
     assert due is not None and due > (float(r.time()[0]) + 250) * 1000  # a period after its creation
     assert crawled(crawler_stub, fresh) == 0
+
+
+def test_a_kill_9_after_the_database_writes_before_the_ack_duplicates_no_row_and_no_mail(
+    tmp_path: Path, redis_server: RedisServer, r: redis.Redis, crawler_stub: CrawlerStub, db: Database,
+    sink: SmtpSink,
+) -> None:  # fmt: skip
+    env = {
+        **os.environ, **FAST_ENV, "REDIS_URL": redis_server.url, "APP_CRAWLER_GRPC_ADDR": crawler_stub.address,
+        "APP_TASK_STORE": "mysql", "MYSQL_DSN": db.dsn, "EMAIL_SMTP_HOST": "127.0.0.1",
+        "EMAIL_SMTP_PORT": str(sink.port), "EMAIL_FROM_EMAIL": "hunter@goodshunter.example",
+    }  # fmt: skip
+    user = db.add_user("buyer@example.com")
+    task = db.add_task(user, "film camera")
+    log = tmp_path / "daemon.log"
+
+    def start(**more: str) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen([sys.executable, str(DIE_AFTER_RECORD), "run", "--consumer", "d1"],
+                                    stdout=out, stderr=subprocess.STDOUT, env={**env, **more})  # fmt: skip
+
+    first = start(DIE_AFTER_RECORD="2")
+    try:
+        producer = Producer(r)
+        producer.submit_task(task, "user_create")
+        wait_until(lambda: db.task(task)["baseline_at"] is not None, 15, what="the baseline crawl")
+        cheaper = db.links(task)[2]
+        r.hset(keys.dedup_hash(task), cheaper["source_id"], cheaper["price"] + 500)
+        producer.submit_task(task, "user_create")
+        assert first.wait(15) == -signal.SIGKILL  # died after writing the rows and events, before the ack
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert pending_count(r) == 1
+    second = start()  # a quick restart under the same name resumes its own pending entry
+    try:
+        wait_until(lambda: pending_count(r) == 0 and crawled(crawler_stub, task) == 3, 20, what="the re-run")
+        assert sink.wait(3, timeout=10)
+        assert not sink.wait(4, timeout=2.0), [str(m["Subject"]) for m in sink.messages]
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    # the re-run found the second crawl's new item and drop already merged: only the item that appeared
+    # since (the fake crawler's window moved again) is news
+    kinds = sorted(str(m["Subject"]).split(":")[0] for m in sink.messages)
+    assert kinds == ["[GoodsHunter] New item", "[GoodsHunter] New item", "[GoodsHunter] Price drop"]
+    assert len({str(m["Message-ID"]) for m in sink.messages}) == 3
+    assert len(db.links(task)) == 7
+    assert len(db.query("SELECT source_id FROM items")) == 7
