@@ -62,7 +62,7 @@ class DataPath:
             self.store.query("SELECT id FROM tasks LIMIT 1")
         except StoreError as exc:
             if exc.code in FATAL_CODES:
-                return f"MySQL {self.target.shown()} {FATAL_CODES[exc.code]} (mysql.dsn / MYSQL_DSN): {exc}"
+                return f"MySQL {self.target.shown()} {FATAL_CODES[exc.code]} (mysql.dsn / MYSQL_DSN): {exc.detail}"
             log.warning("task database not reachable yet (%s); crawls wait for it", exc)
         return None
 

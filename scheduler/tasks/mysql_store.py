@@ -37,9 +37,10 @@ class StoreError(SchedulerError):
     """The task database could not be reached or refused a query (the entry stays pending or retries).
     ``code`` is the server's error number where it gave one (1045: access denied...)."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.detail = detail or message
 
 
 class MysqlPool:
@@ -84,7 +85,8 @@ class MysqlPool:
                 _close(conn)
                 conn = None
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            raise StoreError(f"MySQL {self.target.shown()}: {_describe(exc)}", code) from None
+            detail = _describe(exc)
+            raise StoreError(f"MySQL {self.target.shown()}: {detail}", code, detail) from None
         except BaseException:
             if conn is not None:
                 _close(conn)
