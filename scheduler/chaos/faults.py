@@ -184,6 +184,9 @@ class Injector(threading.Thread):
         if daemon is None:
             return
         with self.h.daemon_lock:
+            if daemon.expected_exit:  # already stopped (or killed) by another injector: not twice
+                return
+            daemon.expected_exit = True  # killed on purpose: its exit code is no finding
             ports = self.h.ports_of(daemon)
             now = time.time()
             self.h.cluster.signal_daemon(daemon, signal.SIGKILL)
@@ -210,6 +213,8 @@ class Injector(threading.Thread):
             return
         t0 = time.time()
         with self.h.daemon_lock:
+            if daemon.expected_exit:  # the kill9 injector took it while this one waited for the lock
+                return
             code = self.h.cluster.stop_daemon(daemon)
         self.h.log(Event("sigterm", t0, time.time(), daemon.name, detail=f"exit {code}"))
         if code != 0:
