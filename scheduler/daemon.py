@@ -40,6 +40,7 @@ from scheduler.results.datapath import DataPath
 from scheduler.signals import Signals
 from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import Limits
+from scheduler.tasks.mysql_store import StoreError
 from scheduler.timers import Job, TimerThread
 from scheduler.worker import Slots, TaskRunner
 
@@ -134,6 +135,7 @@ class Daemon:
         self._control: threading.Thread | None = None
         self._http: StatusServer | None = None
         self._redis_failures = 0
+        self._store_failures = 0
         self.last_loop = time.monotonic()  # /healthz: the loop is turning
         self.started = threading.Event()
         self.health = Health(s, lambda: self.last_loop, self._stopping.is_set, self.breaker, self.crawler)
@@ -178,14 +180,15 @@ class Daemon:
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
         leases = Job("lease renewal", lambda: s.lease_renew_interval, self.holdings.renew)
-        jobs = self.maintenance.jobs() + (self.data.jobs() if self.data else [])
-        self._maintenance_timer = TimerThread("maintenance", jobs, self._stopping)
-        if self.data:
-            self.data.start(self._halt)
+        self._maintenance_timer = TimerThread("maintenance", self.maintenance.jobs(), self._stopping)
         self._timers = [
             TimerThread("leases", [leases], self._halt),
             self._maintenance_timer,
         ]
+        if self.data:  # the database's work on its own timer: a slow query never delays leases or heartbeats
+            stops = Job("stopped-row backstop", lambda: s.lease_renew_interval, self.holdings.cancel_stopped)
+            self._timers.append(TimerThread("task store", [*self.data.jobs(), stops], self._stopping))
+            self.data.start(self._halt)
         for timer in self._timers:
             timer.start()
         self._control = threading.Thread(
@@ -313,6 +316,9 @@ class Daemon:
                 if self._redis_failures:
                     log.info("Redis reachable again after %d failed attempts", self._redis_failures)
                     self._redis_failures = 0
+                if self._store_failures:
+                    log.info("task database reachable again after %d failed attempts", self._store_failures)
+                    self._store_failures = 0
             except (
                 QueueConnectionError,
                 redis.ConnectionError,
@@ -320,10 +326,22 @@ class Daemon:
                 redis.ResponseError,
             ) as exc:
                 self._redis_down(exc)
+            except StoreError as exc:  # the task database (MySQL): the batch stays pending, recovered later
+                self._store_down(exc)
             except Exception:
                 log.exception("read loop error; continuing")
                 self.intake.recover = True
                 self._stopping.wait(1.0)
+
+    def _store_down(self, exc: StoreError) -> None:
+        """One line per outage (then every tenth failure), a growing pause: never a traceback a second."""
+        self._store_failures += 1
+        self.intake.recover = True
+        self.metrics.store_errors.inc()
+        delay = min(5.0, 0.1 * 2 ** min(self._store_failures, 6))
+        if self._store_failures == 1 or self._store_failures % 10 == 0:
+            log.warning("task database error in read loop (%s); retrying in %.1fs", exc, delay)
+        self._stopping.wait(delay)
 
     def _redis_down(self, exc: Exception) -> None:
         self._redis_failures += 1

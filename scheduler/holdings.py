@@ -97,6 +97,11 @@ class Holdings:
             for running in lost:
                 running.cancel_reason = running.cancel_reason or "lost"
                 running.token.cancel()
+        if self.registry.owns_status:  # a Redis read; a slow database must never hold the leases back
+            self._cancel_stopped()
+
+    def cancel_stopped(self) -> None:
+        """The stopped-task backstop on its own timer (a store queried over the network: MySQL)."""
         self._cancel_stopped()
 
     def _cancel_stopped(self, task_ids: list[int] | None = None) -> None:

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import redis
+
 from scheduler._proto import crawler_pb2
 from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
@@ -146,7 +148,7 @@ class TaskRunner:
         task = running.msg.message
         try:
             context = self.results.prepare(task.task_id)
-        except StoreError as exc:
+        except (StoreError, redis.ResponseError) as exc:
             return self._store_failed(task.retry, exc, 0.0)
         return Skip("skipped") if context is None else context
 
@@ -157,9 +159,11 @@ class TaskRunner:
         assert self.results is not None
         msg = running.msg
         try:
-            merged = self.results.record(context, fetched.response.items)
-        except StoreError as exc:
+            merged = self.results.record(context, fetched.response.items, msg.id)
+        except (StoreError, redis.ResponseError) as exc:  # refused (WRONGTYPE, OOM...): a counted retry
             return self._store_failed(msg.message.retry, exc, time.monotonic() - started)
+        if not merged.held:  # reclaimed by another daemon meanwhile: its run is the one that counts
+            return Skip("lost")
         if merged.new:
             self.metrics.item_events.labels("new_item").inc(merged.new)
         if merged.dropped:
@@ -172,7 +176,7 @@ class TaskRunner:
             )  # fmt: skip
         return None
 
-    def _store_failed(self, retry: int, exc: StoreError, seconds: float) -> Outcome:
+    def _store_failed(self, retry: int, exc: StoreError | redis.ResponseError, seconds: float) -> Outcome:
         """The task database failed: retried like a transient crawler failure (the crawl is repeated;
         every write it makes is safe to repeat)."""
         self.metrics.store_errors.inc()

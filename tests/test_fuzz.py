@@ -394,7 +394,8 @@ def test_go_nanosecond_timestamps_read_exactly(msg: TaskMessage, nanos: int, dig
 
 SECTIONS = ["app", "redis", "mysql", "email", "http", "crawler"]
 KNOWN = {
-    section: [s.key.split(".", 1)[1] for s in SPECS if s.section == section] for section in ("app", "redis")
+    section: [s.key.split(".", 1)[1] for s in SPECS if s.section == section]
+    for section in ("app", "redis", "mysql", "email")
 }
 # values a setting's reader could plausibly accept, so random documents also produce Settings
 PLAUSIBLE = [

@@ -35,7 +35,8 @@ class DataPath:
         self.store = MysqlTaskStore(self.pool)
         mail = bool(settings.email_smtp_host)
         self.results = GoodsHunterResults(self.pool, Scripts(client), settings.task_queue_stream,
-                                          settings.max_items_per_task, mail=mail)  # fmt: skip
+                                          settings.max_items_per_task, mail=mail, group=settings.task_queue_group,
+                                          consumer=settings.consumer_name)  # fmt: skip
         self.mailer: Mailer | None = None
         if mail:
             assert settings.email_smtp_host

@@ -19,6 +19,7 @@ step is safe to repeat, in this order:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +32,14 @@ from scheduler._proto import crawler_pb2
 from scheduler.taskqueue import keys
 from scheduler.taskqueue._redis import connection_errors, text
 from scheduler.taskqueue.scripts import Scripts
-from scheduler.tasks.mysql_store import MysqlPool
+from scheduler.tasks.mysql_store import RUNNABLE, MysqlPool, StoreError
 
 log = logging.getLogger(__name__)
 
-OUTBOX_MAXLEN: Final = 10_000
+OUTBOX_MAXLEN: Final = 100_000
+TRANSACTION_TRIES: Final = 3
+# deadlock, lock wait timeout, server gone away, connection lost during a query
+RETRY_IN_PLACE: Final = frozenset({1213, 1205, 2006, 2013})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,7 @@ class TaskContext:
 
 @dataclass(frozen=True, slots=True)
 class Merged:
+    held: bool  # False: the entry was no longer this consumer's; nothing was merged, nothing mailed
     new: int
     dropped: int
     events: int
@@ -60,8 +65,17 @@ class Merged:
 
 class GoodsHunterResults:
     def __init__(
-        self, pool: MysqlPool, scripts: Scripts, stream: str, max_items_per_task: int, mail: bool = True
+        self,
+        pool: MysqlPool,
+        scripts: Scripts,
+        stream: str,
+        max_items_per_task: int,
+        mail: bool = True,
+        *,
+        group: str = keys.DEFAULT_GROUP,
+        consumer: str = "",
     ) -> None:
+        self.stream, self.group, self.consumer = stream, group, consumer
         self.mail = mail  # False (no email.smtp_host): events are counted, not queued for a mailer
         self.pool = pool
         self.scripts = scripts
@@ -76,13 +90,13 @@ class GoodsHunterResults:
         is stopped, as the Go scheduler stops it)."""
         with self.pool.connection() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
             cur.execute(
-                "SELECT t.keyword, t.baseline_at, t.notify_enabled, t.task_type, t.user_id, u.email, u.role"
+                "SELECT t.keyword, t.status, t.baseline_at, t.notify_enabled, t.task_type, t.user_id, u.email, u.role"
                 " FROM tasks t LEFT JOIN users u ON u.id = t.user_id WHERE t.id = %s",
                 (task_id,),
             )
             row: dict[str, Any] | None = cur.fetchone()
-            if row is None:
-                return None
+            if row is None or str(row["status"] or "").lower() not in RUNNABLE:
+                return None  # gone, or stopped by the API since the entry was read
             role = str(row["role"] or "").strip().lower()
             if role == "guest":
                 with connection_errors(f"read the guest activity of task {task_id}"):
@@ -103,22 +117,49 @@ class GoodsHunterResults:
 
     # -- after a successful crawl -----------------------------------------------------------------------
 
-    def record(self, ctx: TaskContext, found: Sequence[crawler_pb2.Item]) -> Merged:
+    def record(self, ctx: TaskContext, found: Sequence[crawler_pb2.Item], entry_id: str) -> Merged:
         items = _unique(found)
         dedup = keys.dedup_hash(ctx.task_id)
         sources = [it.source_id for it in items]
         with connection_errors(f"read the dedup hash of task {ctx.task_id}"):
-            raw = self.redis.hmget(dedup, sources) if sources else []
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.exists(dedup)
+            if sources:
+                pipe.hmget(dedup, sources)
+            exists, *rest = pipe.execute()
+        raw = rest[0] if rest else []
         known = {s: text(v) for s, v in zip(sources, raw, strict=True) if v is not None}
-        now = datetime.now()
-        with self.pool.connection() as conn:
-            unlinked, events = self._write_rows(conn, ctx, items, known, now)
-        args: list[object] = [OUTBOX_MAXLEN, ctx.task_id, ctx.keyword, ctx.notify_to]
+        if not exists and not ctx.first_run and sources:
+            # the hash is gone after the baseline (evicted, flushed, a restore, deleted): every item would
+            # look new, a mail storm; this crawl is a new baseline instead (the items are written all the same)
+            log.warning(
+                "dedup hash of task %d missing: this crawl is a new baseline, nothing is mailed", ctx.task_id
+            )
+            ctx = dataclasses.replace(ctx, first_run=True, notify_to="")
+        now = self.pool.now()
+        for attempt in range(1, TRANSACTION_TRIES + 1):
+            try:
+                with self.pool.connection() as conn:
+                    unlinked, events = self._write_rows(conn, ctx, items, known, now)
+                break
+            except StoreError as exc:  # a deadlock, a connection gone stale: the transaction is repeatable
+                if exc.code not in RETRY_IN_PLACE or attempt == TRANSACTION_TRIES:
+                    raise
+                log.info(
+                    "task database: %s; transaction repeated", exc.detail, extra={"task_id": ctx.task_id}
+                )
+        args: list[object] = [OUTBOX_MAXLEN, ctx.task_id, ctx.keyword, ctx.notify_to, self.group, self.consumer,
+                              entry_id]  # fmt: skip
         for it in items:
             args += [it.source_id, known.get(it.source_id, ""), it.price, it.title, it.image_url, it.item_url,
                      events.get(it.source_id, "")]  # fmt: skip
         with connection_errors(f"merge the items of task {ctx.task_id}"):
-            _written, mailed, merged = self.scripts.run("merge_items", [dedup, self.outbox], args)
+            written, mailed, merged = self.scripts.run("merge_items", [dedup, self.outbox, self.stream], args)
+        if int(written) < 0:
+            log.warning(
+                "crawl not merged: its entry is no longer this daemon's", extra={"task_id": ctx.task_id}
+            )
+            return Merged(False, 0, 0, 0, 0, unlinked)
         with self.pool.connection() as conn, conn.cursor() as cur:
             cur.execute(
                 "UPDATE tasks SET last_run_at = %s, baseline_at = COALESCE(baseline_at, %s)"
@@ -127,7 +168,9 @@ class GoodsHunterResults:
                 (now, now, ctx.task_id),
             )
         kinds = list(events.values())
-        return Merged(kinds.count("new_item"), kinds.count("price_drop"), int(mailed), int(merged), unlinked)
+        return Merged(
+            True, kinds.count("new_item"), kinds.count("price_drop"), int(mailed), int(merged), unlinked
+        )
 
     def _write_rows(
         self,
@@ -151,43 +194,47 @@ class GoodsHunterResults:
                         " updated_at, VALUES(updated_at)),"
                         " title = VALUES(title), price = VALUES(price), image_url = VALUES(image_url),"
                         " item_url = VALUES(item_url)",
-                        [
+                        # in source-id order: two crawls sharing items lock them in the same order (no deadlock)
+                        sorted(
                             (now, now, it.source_id, it.title, it.price, it.image_url, it.item_url)
                             for it in items
-                        ],
+                        ),
                     )
                     marks = ", ".join(["%s"] * len(items))
                     cur.execute(
                         f"SELECT id, source_id FROM items WHERE source_id IN ({marks})",
                         [it.source_id for it in items],
                     )
-                    ids = {str(s): int(i) for i, s in cur.fetchall()}
+                    ids = {_key(str(s)): int(i) for i, s in cur.fetchall()}
                     cur.execute(
                         "SELECT i.source_id, ti.created_at FROM task_items ti JOIN items i ON i.id = ti.item_id"
                         f" WHERE ti.task_id = %s AND i.source_id IN ({marks})",
                         [ctx.task_id, *[it.source_id for it in items]],
                     )
-                    linked = {str(s): t for s, t in cur.fetchall()}
+                    linked = {_key(str(s)): t for s, t in cur.fetchall()}
                     links, cheaper = [], []
                     anchor: datetime | None = None  # the link time of the last known item above
                     for rank, it in enumerate(items, start=1):
+                        if _key(it.source_id) not in ids:  # the database reads this id as another's
+                            log.warning("item %r not found after its upsert; skipped", it.source_id[:80])
+                            continue
                         old = known.get(it.source_id)
                         if old is None:
                             # unknown below a known item: found by crawling deeper, not new on the market
                             # (the Go scheduler's rule): it joins the timeline at that item's time, unmailed
-                            links.append((ctx.task_id, ids[it.source_id], anchor or now, rank))
+                            links.append((ctx.task_id, ids[_key(it.source_id)], anchor or now, rank))
                             if anchor is None:
                                 events[it.source_id] = "new_item"
                             continue
-                        anchor = linked.get(it.source_id, anchor)
-                        links.append((ctx.task_id, ids[it.source_id], now, rank))
+                        anchor = linked.get(_key(it.source_id), anchor)
+                        links.append((ctx.task_id, ids[_key(it.source_id)], now, rank))
                         if _price(old) is not None and it.price < (_price(old) or 0):
                             events[it.source_id] = "price_drop"
-                            cheaper.append(ids[it.source_id])
+                            cheaper.append(ids[_key(it.source_id)])
                     cur.executemany(
                         "INSERT INTO task_items (task_id, item_id, created_at, `rank`) VALUES (%s, %s, %s, %s)"
                         " ON DUPLICATE KEY UPDATE `rank` = VALUES(`rank`)",
-                        links,
+                        sorted(links, key=lambda link: link[1]),
                     )
                     if cheaper:  # a drop moves the item up the timeline (and marks it NEW in the API)
                         marks = ", ".join(["%s"] * len(cheaper))
@@ -225,15 +272,23 @@ class GoodsHunterResults:
 
 
 def _unique(found: Sequence[crawler_pb2.Item]) -> list[crawler_pb2.Item]:
-    """Items with a source id, each once (the first, best-ranked, wins)."""
+    """Items with a source id (trimmed), each once as the database compares them (case and trailing
+    spaces aside, as its ``_ci`` collation does): the first, best-ranked, wins."""
     seen: set[str] = set()
     out = []
     for it in found:
         source = it.source_id.strip()
-        if source and source not in seen:
-            seen.add(source)
-            out.append(it)
+        if source and _key(source) not in seen:
+            seen.add(_key(source))
+            copy = crawler_pb2.Item()
+            copy.CopyFrom(it)
+            copy.source_id = source
+            out.append(copy)
     return out
+
+
+def _key(source_id: str) -> str:
+    return source_id.rstrip().casefold()
 
 
 def _price(raw: str) -> int | None:

@@ -27,7 +27,9 @@ NAMES = (
     "merge_items",
 )
 # scripts that use the shared functions of prelude.lua (lock liveness, pending checks, Redis time)
-WITH_PRELUDE = frozenset({"end", "lock_runs", "move_due", "publish_due", "set_status", "sweep_locks"})
+WITH_PRELUDE = frozenset(
+    {"end", "lock_runs", "merge_items", "move_due", "publish_due", "set_status", "sweep_locks"}
+)
 
 
 @cache

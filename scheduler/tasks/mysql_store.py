@@ -12,8 +12,9 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pymysql
 import pymysql.cursors
@@ -46,10 +47,14 @@ class StoreError(SchedulerError):
 class MysqlPool:
     """A few PyMySQL connections shared by the worker threads (a connection is not thread-safe)."""
 
-    def __init__(self, target: MysqlTarget, size: int = 8, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, target: MysqlTarget, size: int = 8, connect_timeout: float = 5.0, wait_s: float = 10.0
+    ) -> None:
         self.target = target
         self.size = size
         self.connect_timeout = connect_timeout
+        self.wait_s = wait_s  # longest wait for a free connection: a stalled database never stalls a thread
+        self.tz = _zone(target.params.get("loc", "UTC"))
         self._idle: queue.LifoQueue[pymysql.connections.Connection[Any]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
 
@@ -60,25 +65,39 @@ class MysqlPool:
             port=t.port,
             unix_socket=t.unix_socket,
             user=t.user or None,
-            password=t.password,
+            password=t.password.encode("utf-8"),  # as the Go driver sends it (PyMySQL would use latin-1)
             database=t.database,
             charset="utf8mb4",
             autocommit=True,
             connect_timeout=self.connect_timeout,
-            read_timeout=30,
-            write_timeout=30,
+            read_timeout=15,
+            write_timeout=15,
         )
 
     @contextmanager
     def connection(self) -> Iterator[pymysql.connections.Connection[Any]]:
         """A connection for one unit of work; one that failed is closed, not reused."""
-        self._slots.acquire()
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise StoreError(f"MySQL {self.target.shown()}: no connection free within {self.wait_s:g}s")
         conn = None
         try:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = self._connect()
+                pass
+            if conn is not None:
+                try:
+                    conn.ping(reconnect=False)  # idle past wait_timeout, or the server restarted: a new one
+                except pymysql.MySQLError:
+                    _close(conn)
+                    conn = None
+            if conn is None:
+                try:
+                    conn = self._connect()
+                except (OSError, ValueError, UnicodeError) as exc:  # never the text: it may quote the DSN
+                    raise StoreError(
+                        f"MySQL {self.target.shown()}: cannot connect ({type(exc).__name__})"
+                    ) from None
             yield conn
         except pymysql.MySQLError as exc:
             if conn is not None:
@@ -97,12 +116,36 @@ class MysqlPool:
                 self._idle.put(conn)
             self._slots.release()
 
+    def now(self) -> datetime:
+        """Now, as the database's DATETIME columns hold it (the DSN's ``loc``, UTC by default, as the
+        Go driver reads and writes them)."""
+        return datetime.now(self.tz).replace(tzinfo=None)
+
+    def timestamp(self, value: object) -> float:
+        """A DATETIME read from the database, as seconds since the epoch (0.0 for NULL)."""
+        if not isinstance(value, datetime):
+            return 0.0
+        return value.replace(tzinfo=self.tz).timestamp() if value.tzinfo is None else value.timestamp()
+
     def close(self) -> None:
         while True:
             try:
                 _close(self._idle.get_nowait())
             except queue.Empty:
                 return
+
+
+def _zone(name: str) -> tzinfo:
+    if name == "Local":
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    if name in ("UTC", ""):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidTaskError(f"mysql.dsn: unknown time zone loc={name!r}") from None
 
 
 def _close(conn: pymysql.connections.Connection[Any]) -> None:
@@ -119,7 +162,7 @@ def _describe(exc: pymysql.MySQLError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def spec_from_row(row: dict[str, Any]) -> TaskSpec:
+def spec_from_row(row: dict[str, Any], timestamp: Any = None) -> TaskSpec:
     """A ``tasks`` row as a TaskSpec; raises InvalidTaskError for a row the crawler could not run."""
     task_id = int(row["id"])
     platform = PLATFORMS.get(int(row["platform"] or 0))
@@ -131,7 +174,10 @@ def spec_from_row(row: dict[str, Any]) -> TaskSpec:
         raise InvalidTaskError(f"invalid sort: {row['sort_by']!r}/{row['sort_order']!r}")
     status: Status = "running" if str(row["status"] or "").lower() in RUNNABLE else "stopped"
     updated = row["updated_at"]
-    updated_s = updated.timestamp() if isinstance(updated, datetime) else 0.0
+    if timestamp is not None:
+        updated_s = float(timestamp(updated))
+    else:
+        updated_s = updated.timestamp() if isinstance(updated, datetime) else 0.0
     return TaskSpec(
         task_id=task_id,
         keyword=str(row["keyword"] or ""),
@@ -170,7 +216,7 @@ class MysqlTaskStore:
         marks = ", ".join(["%s"] * len(task_ids))
         for row in self.query(f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({marks})", task_ids):
             try:
-                out[int(row["id"])] = spec_from_row(row)
+                out[int(row["id"])] = spec_from_row(row, self.pool.timestamp)
             except (InvalidTaskError, ValueError, TypeError) as exc:
                 log.error("task %s has a row that cannot be crawled (%s); treated as unknown", row["id"], exc)
         return out
@@ -199,9 +245,7 @@ class MysqlTaskStore:
             "SELECT id, COALESCE(last_run_at, created_at) AS since FROM tasks"
             " WHERE status IN ('running', 'queued') ORDER BY id"
         )
-        return [
-            (int(r["id"]), r["since"].timestamp() if isinstance(r["since"], datetime) else 0.0) for r in rows
-        ]
+        return [(int(r["id"]), self.pool.timestamp(r["since"])) for r in rows]
 
     def put_many(self, specs: Iterable[TaskSpec]) -> int:
         raise InvalidTaskError(
@@ -218,7 +262,7 @@ class MysqlTaskStore:
         out = []
         for row in rows:
             try:
-                out.append(spec_from_row(row))
+                out.append(spec_from_row(row, self.pool.timestamp))
             except (InvalidTaskError, ValueError, TypeError):
                 continue
         return out

@@ -55,7 +55,7 @@ def outbox(r: redis.Redis) -> list[dict[str, str]]:
 def crawl(res: GoodsHunterResults, task_id: int, items: list[crawler_pb2.Item]) -> None:
     ctx = res.prepare(task_id)
     assert ctx is not None
-    res.record(ctx, items)
+    res.record(ctx, items, "")
 
 
 def test_the_apis_flow_baseline_then_one_new_item_and_one_drop_then_nothing(
@@ -232,3 +232,120 @@ def test_a_wrong_mysql_password_is_one_line_at_start(db: Database) -> None:
     missing = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0",
                                  "MYSQL_DSN": f"{t.user}@tcp({t.host}:{t.port})/no_such_db_here"})  # fmt: skip
     assert "unknown database" in (DataPath(missing, redis.Redis(), Metrics()).check() or "")
+
+
+# -- review findings --------------------------------------------------------------------------------------
+
+
+def test_a_crawl_whose_entry_was_reclaimed_merges_nothing(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    """A daemon frozen past its lease, its entry reclaimed and crawled by another, must not rewind the
+    dedup hash to its older prices (the next crawl would mail the same drop again)."""
+    from scheduler.taskqueue import Consumer, Producer
+
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = GoodsHunterResults(pool, Scripts(r), STREAM, 300, consumer="frozen")
+    crawl(res, task, [item(1, 1000)])
+    Producer(r).submit_task(task, "periodic")
+    frozen = Consumer(r, None, STREAM, keys.DEFAULT_GROUP, "frozen")
+    [entry] = frozen.read(1, block_ms=100)
+    r.hset(keys.dedup_hash(task), "m00000000001", "800")  # the other daemon's crawl, merged and mailed
+    r.xclaim(STREAM, keys.DEFAULT_GROUP, "other", 0, [entry.id])  # ... after it reclaimed the entry
+    ctx = res.prepare(task)
+    assert ctx is not None
+    merged = res.record(ctx, [item(1, 1000)], entry.id)
+    assert not merged.held
+    assert r.hget(keys.dedup_hash(task), "m00000000001") == b"800" and outbox(r) == []
+
+
+def test_a_dedup_hash_lost_after_the_baseline_is_a_new_baseline_not_a_mail_storm(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = results(pool, r)
+    crawl(res, task, [item(n, 100 * n) for n in (3, 2, 1)])
+    r.delete(keys.dedup_hash(task))  # evicted, flushed, restored from an old backup...
+    crawl(res, task, [item(n, 100 * n) for n in (4, 3, 2, 1)])
+    assert outbox(r) == []
+    assert len(r.hgetall(keys.dedup_hash(task))) == 4  # remembered again: the next crawl compares
+    crawl(res, task, [item(n, 100 * n) for n in (5, 4, 3, 2, 1)])
+    assert [e["source_id"] for e in outbox(r)] == ["m00000000005"]
+
+
+def test_source_ids_are_compared_as_the_database_compares_them(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = results(pool, r)
+    odd = [
+        crawler_pb2.Item(source_id=" AbC ", title="x", price=10),
+        crawler_pb2.Item(source_id="abc", price=9),
+    ]
+    crawl(res, task, odd)  # one item (trimmed; case aside), never a KeyError that poisons the task
+    assert [link["source_id"] for link in db.links(task)] == ["AbC"]
+    crawl(res, task, [crawler_pb2.Item(source_id="ABC", title="x", price=10)])
+    assert len(db.query("SELECT id FROM items")) == 1
+
+
+def test_a_row_stopped_since_its_entry_was_read_is_not_crawled(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    db.execute("UPDATE tasks SET status = 'stopped' WHERE id = %s", task)
+    assert results(pool, r).prepare(task) is None
+
+
+def test_datetimes_follow_the_dsns_loc_utc_by_default_as_the_go_driver(db: Database) -> None:
+    from datetime import UTC, datetime
+
+    utc = MysqlPool(parse_go_dsn(db.dsn.replace("loc=Local", "loc=UTC")))
+    default = MysqlPool(parse_go_dsn(db.dsn.split("?")[0]))
+    local = MysqlPool(parse_go_dsn(db.dsn))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    assert abs((utc.now() - now).total_seconds()) < 5 and abs((default.now() - now).total_seconds()) < 5
+    assert abs(local.timestamp(local.now()) - utc.timestamp(utc.now())) < 5  # the same instant either way
+
+
+def test_a_stale_pooled_connection_is_replaced_not_an_error(db: Database, pool: MysqlPool) -> None:
+    store = MysqlTaskStore(pool)
+    store.query("SELECT 1")
+    [row] = store.query("SELECT CONNECTION_ID() AS id")
+    db.execute(f"KILL {int(row['id'])}")  # MySQL restarted, or wait_timeout closed it
+    assert store.query("SELECT 1 AS one") == [{"one": 1}]
+
+
+def test_a_non_ascii_mysql_password_is_refused_in_one_line_never_a_traceback(db: Database) -> None:
+    from scheduler.metrics import Metrics
+    from scheduler.results.datapath import DataPath
+
+    t = parse_go_dsn(db.dsn)
+    settings = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0",
+                                  "MYSQL_DSN": f"nosuchuser:pa€ss@tcp({t.host}:{t.port})/{t.database}"})  # fmt: skip
+    reason = DataPath(settings, redis.Redis(), Metrics()).check()
+    assert reason is not None and "refused the user or password" in reason and "€" not in reason
+
+
+def test_a_refused_redis_write_is_a_response_error_the_runner_retries_with_back_off(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    """WRONGTYPE (a leftover key of another type), OOM...: not a lost connection, so not 'recover at once'
+    (a hot loop that never reaches max_retry); the runner turns it into a counted, backed-off retry."""
+    from scheduler.config import load_settings as settings_of
+    from scheduler.outcomes import Retry
+    from scheduler.worker import TaskRunner
+
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    r.set(keys.dedup_hash(task), "not a hash")
+    res = results(pool, r)
+    ctx = res.prepare(task)
+    assert ctx is not None
+    with pytest.raises(redis.ResponseError):
+        res.record(ctx, [item(1, 100)], "")
+    runner = TaskRunner.__new__(TaskRunner)
+    runner.settings = settings_of(env={})
+    from scheduler.metrics import Metrics
+
+    runner.metrics = Metrics()
+    outcome = runner._store_failed(0, redis.ResponseError("WRONGTYPE"), 0.1)
+    assert isinstance(outcome, Retry) and outcome.delay_s > 0 and outcome.count_retry

@@ -2,13 +2,20 @@
 -- scheduler) and write each notification event to the outbox, in one atomic step: an item whose price
 -- has already moved on (this crawl ran before, or another scheduler merged it) writes and notifies
 -- nothing, so a crawl run twice mails nothing twice.
--- KEYS: dedup hash, outbox stream.
--- ARGV: outbox maxlen, task id, keyword, recipient ('' = no mail), then seven per item: source id,
+-- Fenced: only while this consumer still holds the crawl's entry (a daemon that froze past its lease,
+-- whose entry another daemon reclaimed and crawled, must not rewind the hash to its older prices).
+-- KEYS: dedup hash, outbox stream, task stream.
+-- ARGV: outbox maxlen, task id, keyword, recipient ('' = no mail), group, consumer, entry id, then seven
+--       per item ('' entry id: no fence, for callers outside a consumer): source id,
 --       the price this crawl compared against ('' = the item was unknown), new price, title, image url,
 --       item url, event ('new_item', 'price_drop' or '' for none).
--- Returns {prices written, events written, items already merged}.
+-- Returns {prices written, events written, items already merged}, or {-1, 0, 0}: the entry is no longer
+-- this consumer's (nothing written).
+if ARGV[7] ~= '' and pending_to(KEYS[3], ARGV[5], ARGV[7]) ~= ARGV[6] then
+  return {-1, 0, 0}
+end
 local written, events, merged = 0, 0, 0
-for a = 5, #ARGV, 7 do
+for a = 8, #ARGV, 7 do
   local source, expected, price = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local current = redis.call('HGET', KEYS[1], source)
   if (current or '') ~= expected then
