@@ -137,6 +137,14 @@ class TaskRunner:
         """Ordered by when the stop was made; every daemon's crawl of the task is cancelled through the
         control channel the script publishes on."""
         who = f"stop message {msg.id} (source {msg.message.source})"
+        if not self.lifecycle.registry.owns_status:
+            # the API's rows are the truth: a stop whose row runs again (the user pressed stop, then start)
+            # is stale, and must not take the re-enabled run's lock, schedule and retries away
+            [(status, _)] = self.lifecycle.registry.statuses([msg.message.task_id]).values()
+            if status == "running":
+                log.info("stop by %s ignored: the task's row runs again", who,
+                         extra={"task_id": msg.message.task_id})  # fmt: skip
+                return Skip("stop")
         if self.lifecycle.stop(msg.message.task_id, who, requested) != "stale":
             self.metrics.stops.inc()
         return Skip("stop")

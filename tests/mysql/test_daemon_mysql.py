@@ -188,3 +188,18 @@ def test_a_kill_9_after_the_database_writes_before_the_ack_duplicates_no_row_and
     assert len({str(m["Message-ID"]) for m in sink.messages}) == 3
     assert len(db.links(task)) == 7
     assert len(db.query("SELECT source_id FROM items")) == 7
+
+
+def test_a_stop_whose_row_runs_again_leaves_the_re_enabled_run_alone(
+    daemon: Daemon, db: Database, r: redis.Redis, crawler_stub: CrawlerStub
+) -> None:
+    user = db.add_user("buyer@example.com")
+    task = db.add_task(user, "camera;delay=1500")
+    producer = Producer(r)
+    producer.submit_task(task, "user_create")  # the user pressed stop, then start: the row is running
+    wait_until(lambda: crawler_stub.active_calls == 1, 5, what="the re-enabled run in flight")
+    producer.stop_task(task, "user_stop")  # the stop message, processed late
+    wait_until(lambda: daemon.metrics.tasks_processed.labels("stop")._value.get() == 1, 5)
+    assert r.get(keys.run_lock_key(keys.DEFAULT_STREAM, task)) is not None  # the run keeps its lock
+    wait_until(lambda: db.task(task)["last_run_at"] is not None, 10, what="the run recorded, not cancelled")
+    assert daemon.metrics.tasks_processed.labels("cancelled")._value.get() == 0
