@@ -20,6 +20,11 @@ from scheduler.timers import Job
 
 log = logging.getLogger(__name__)
 
+OUTBOX_KEPT = 1000
+# longer than one SMTP attempt can take against a slow server (about eight steps of up to 10 s each):
+# a live mailer's entry is never taken over mid-send
+MAIL_RECLAIM_IDLE_S = 300.0
+
 # refusals that waiting will not fix: wrong password, unknown database, no tasks table
 FATAL_CODES = {1044: "access denied", 1045: "refused the user or password", 1049: "unknown database",
                1146: "has no tasks table"}  # fmt: skip
@@ -53,6 +58,7 @@ class DataPath:
                 ),
                 sent=lambda kind: metrics.mails_sent.labels(kind).inc(),
                 failed=lambda kind: metrics.mails_failed.labels(kind).inc(),
+                reclaim_idle_s=MAIL_RECLAIM_IDLE_S,
             )
         self._mail_thread: threading.Thread | None = None
 
@@ -69,7 +75,19 @@ class DataPath:
 
     def jobs(self) -> list[Job]:
         s = self.settings
-        return [Job("schedule sync", lambda: min(30.0, s.schedule_interval), self.sync)]
+        jobs = [Job("schedule sync", lambda: min(30.0, s.schedule_interval), self.sync)]
+        if self.mailer is not None:
+            jobs.append(Job("outbox trim", lambda: 60.0, self.trim_outbox))
+        return jobs
+
+    def trim_outbox(self) -> None:
+        """Keep about OUTBOX_KEPT mailed entries; never one the mailers have not read and acknowledged
+        (the task stream's trim: below every group's oldest pending and last-delivered id)."""
+        outbox = keys.mail_outbox(self.settings.task_queue_stream)
+        try:
+            self.results.scripts.run("trim", [outbox], [OUTBOX_KEPT])
+        except redis.RedisError as exc:
+            log.warning("outbox trim skipped: %s", exc)
 
     def sync(self) -> None:
         try:

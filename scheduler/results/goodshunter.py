@@ -36,7 +36,9 @@ from scheduler.tasks.mysql_store import RUNNABLE, MysqlPool, StoreError
 
 log = logging.getLogger(__name__)
 
-OUTBOX_MAXLEN: Final = 100_000
+# a memory safety valve only: the mailers' trim removes mailed entries long before (an unsent event is
+# never trimmed unless a million wait, i.e. no mailer has run for a long while)
+OUTBOX_MAXLEN: Final = 1_000_000
 TRANSACTION_TRIES: Final = 3
 # deadlock, lock wait timeout, server gone away, connection lost during a query
 RETRY_IN_PLACE: Final = frozenset({1213, 1205, 2006, 2013})

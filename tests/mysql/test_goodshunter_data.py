@@ -349,3 +349,25 @@ def test_a_refused_redis_write_is_a_response_error_the_runner_retries_with_back_
     runner.metrics = Metrics()
     outcome = runner._store_failed(0, redis.ResponseError("WRONGTYPE"), 0.1)
     assert isinstance(outcome, Retry) and outcome.delay_s > 0 and outcome.count_retry
+
+
+def test_the_outbox_trim_keeps_every_unmailed_event(db: Database, r: redis.Redis) -> None:
+    from scheduler.metrics import Metrics
+    from scheduler.results import datapath
+
+    settings = load_settings(env={"APP_TASK_STORE": "mysql", "MYSQL_DSN": db.dsn, "APP_METRICS_PORT": "0",
+                                  "EMAIL_SMTP_HOST": "127.0.0.1", "EMAIL_FROM_EMAIL": "a@example.com"})  # fmt: skip
+    data = datapath.DataPath(settings, r, Metrics())
+    r.xgroup_create(OUTBOX, "mailer", id="0", mkstream=True)
+    for n in range(1500):
+        r.xadd(OUTBOX, {"kind": "new_item", "n": str(n)})
+    r.xreadgroup("mailer", "m", {OUTBOX: ">"}, count=1200)  # 1,200 read, 300 not yet
+    data.trim_outbox()
+    assert r.xlen(OUTBOX) == 1500  # nothing acknowledged yet: nothing removed
+    ids = [entry_id for entry_id, _ in r.xrange(OUTBOX, count=1200)]
+    r.xack(OUTBOX, "mailer", *ids)
+    data.trim_outbox()
+    left = r.xrange(OUTBOX)
+    assert 300 <= len(left) < 1500 and left[-1][1][b"n"] == b"1499"
+    assert {int(f[b"n"]) for _, f in left} >= set(range(1200, 1500))  # every unread one is still there
+    data.pool.close()
