@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +204,38 @@ def test_a_stop_whose_row_runs_again_leaves_the_re_enabled_run_alone(
     assert r.get(keys.run_lock_key(keys.DEFAULT_STREAM, task)) is not None  # the run keeps its lock
     wait_until(lambda: db.task(task)["last_run_at"] is not None, 10, what="the run recorded, not cancelled")
     assert daemon.metrics.tasks_processed.labels("cancelled")._value.get() == 0
+
+
+def test_a_stalled_task_database_never_holds_the_leases_back(
+    redis_server: RedisServer, r: redis.Redis, crawler_stub: CrawlerStub, db: Database
+) -> None:
+    """The stopped-row backstop queries MySQL; on the lease thread, a database stalled past the lease (a
+    metadata lock, a failover) let other daemons reclaim every entry still being crawled."""
+    settings = load_settings(env={
+        "REDIS_URL": redis_server.url, "APP_CRAWLER_GRPC_ADDR": crawler_stub.address,
+        "APP_CONSUMER_NAME": "stalled", "APP_METRICS_PORT": "0", "APP_WORKER_POOL_SIZE": "2",
+        "APP_TASK_STORE": "mysql", "MYSQL_DSN": db.dsn, "APP_LEASE_TIMEOUT": "3s", "APP_RECLAIM_INTERVAL": "1s",
+    })  # fmt: skip
+    d = Daemon(settings, handle_signals=False)
+    thread = threading.Thread(target=d.run)
+    thread.start()
+    try:
+        assert d.started.wait(10)
+        task = db.add_task(db.add_user("buyer@example.com"), "long camera;delay=7000")
+        Producer(r).submit_task(task, "user_create")
+        wait_until(lambda: crawler_stub.active_calls == 1, 5, what="the crawl in flight")
+        locker = db._connect(db.name)
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLES tasks WRITE")  # every read of tasks waits
+            worst = 0
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                [entry] = r.xpending_range(keys.DEFAULT_STREAM, keys.DEFAULT_GROUP, "-", "+", 10)
+                worst = max(worst, int(entry["time_since_delivered"]))
+                time.sleep(0.1)
+            cur.execute("UNLOCK TABLES")
+        locker.close()
+        assert worst < 3000, f"lease not renewed for {worst} ms while the database stalled"
+    finally:
+        d.request_stop(force=True)
+        thread.join(30)
