@@ -187,7 +187,9 @@ class Daemon:
         ]
         if self.data:  # the database's work on its own timer: a slow query never delays leases or heartbeats
             stops = Job("stopped-row backstop", lambda: s.lease_renew_interval, self.holdings.cancel_stopped)
-            self._timers.append(TimerThread("task store", [*self.data.jobs(), stops], self._stopping))
+            self._timers.append(TimerThread("task store", self.data.jobs(), self._stopping))
+            # through the drain, as the leases: a row stopped during the grace period still ends its crawl
+            self._timers.append(TimerThread("task store stops", [stops], self._halt))
             self.data.start(self._halt)
         for timer in self._timers:
             timer.start()

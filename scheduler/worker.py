@@ -140,7 +140,11 @@ class TaskRunner:
         if not self.lifecycle.registry.owns_status:
             # the API's rows are the truth: a stop whose row runs again (the user pressed stop, then start)
             # is stale, and must not take the re-enabled run's lock, schedule and retries away
-            [(status, _)] = self.lifecycle.registry.statuses([msg.message.task_id]).values()
+            try:
+                [(status, _)] = self.lifecycle.registry.statuses([msg.message.task_id]).values()
+            except StoreError as exc:  # the database is away: the stop applies (a sync re-adds a live row)
+                log.warning("stop by %s applied without reading its row (%s)", who, exc)
+                status = None
             if status == "running":
                 log.info("stop by %s ignored: the task's row runs again", who,
                          extra={"task_id": msg.message.task_id})  # fmt: skip

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+import pymysql
 import pymysql.cursors
 
 from scheduler._proto import crawler_pb2
@@ -36,9 +37,9 @@ from scheduler.tasks.mysql_store import RUNNABLE, MysqlPool, StoreError
 
 log = logging.getLogger(__name__)
 
-# a memory safety valve only: the mailers' trim removes mailed entries long before (an unsent event is
-# never trimmed unless a million wait, i.e. no mailer has run for a long while)
-OUTBOX_MAXLEN: Final = 1_000_000
+# a memory safety valve (~100 MB at most): the mailers' trim removes mailed entries long before; unsent
+# events are trimmed only when 100,000 wait (no mailer has run, or SMTP refuses everything, for long)
+OUTBOX_MAXLEN: Final = 100_000
 TRANSACTION_TRIES: Final = 3
 # deadlock, lock wait timeout, server gone away, connection lost during a query
 RETRY_IN_PLACE: Final = frozenset({1213, 1205, 2006, 2013})
@@ -131,7 +132,7 @@ class GoodsHunterResults:
             exists, *rest = pipe.execute()
         raw = rest[0] if rest else []
         known = {s: text(v) for s, v in zip(sources, raw, strict=True) if v is not None}
-        if not exists and not ctx.first_run and sources:
+        if not exists and not ctx.first_run and sources and self._has_links(ctx.task_id):
             # the hash is gone after the baseline (evicted, flushed, a restore, deleted): every item would
             # look new, a mail storm; this crawl is a new baseline instead (the items are written all the same)
             log.warning(
@@ -173,6 +174,13 @@ class GoodsHunterResults:
         return Merged(
             True, kinds.count("new_item"), kinds.count("price_drop"), int(mailed), int(merged), unlinked
         )
+
+    def _has_links(self, task_id: int) -> bool:
+        """Did an earlier crawl link items? (No hash and no links: the earlier crawls found nothing, and
+        every item now is really new.)"""
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM task_items WHERE task_id = %s LIMIT 1", (task_id,))
+            return cur.fetchone() is not None
 
     def _write_rows(
         self,
@@ -247,7 +255,10 @@ class GoodsHunterResults:
                 unlinked = self._cap(cur, ctx.task_id)
             conn.commit()
         except BaseException:
-            conn.rollback()
+            try:
+                conn.rollback()
+            except pymysql.MySQLError:  # the connection is gone: the original error says why
+                pass
             raise
         if ctx.first_run:
             events = {}  # the baseline: everything is known from now on, nothing is news

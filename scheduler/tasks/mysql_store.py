@@ -54,7 +54,9 @@ class MysqlPool:
         self.size = size
         self.connect_timeout = connect_timeout
         self.wait_s = wait_s  # longest wait for a free connection: a stalled database never stalls a thread
-        self.tz = _zone(target.params.get("loc", "UTC"))
+        loc = target.params.get("loc", "UTC")
+        self.local = loc == "Local"  # the machine's zone, daylight saving included (naive local times)
+        self.tz = UTC if self.local else _zone(loc)
         self._idle: queue.LifoQueue[pymysql.connections.Connection[Any]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
 
@@ -72,6 +74,8 @@ class MysqlPool:
             connect_timeout=self.connect_timeout,
             read_timeout=15,
             write_timeout=15,
+            # a lock wait ends (1205, repeated in place) before the client's read timeout gives up
+            init_command="SET SESSION innodb_lock_wait_timeout = 10",
         )
 
     @contextmanager
@@ -119,13 +123,15 @@ class MysqlPool:
     def now(self) -> datetime:
         """Now, as the database's DATETIME columns hold it (the DSN's ``loc``, UTC by default, as the
         Go driver reads and writes them)."""
-        return datetime.now(self.tz).replace(tzinfo=None)
+        return datetime.now() if self.local else datetime.now(self.tz).replace(tzinfo=None)
 
     def timestamp(self, value: object) -> float:
         """A DATETIME read from the database, as seconds since the epoch (0.0 for NULL)."""
         if not isinstance(value, datetime):
             return 0.0
-        return value.replace(tzinfo=self.tz).timestamp() if value.tzinfo is None else value.timestamp()
+        if value.tzinfo is not None or self.local:
+            return value.timestamp()  # a naive value: local time, with the zone's rules on that date
+        return value.replace(tzinfo=self.tz).timestamp()
 
     def close(self) -> None:
         while True:
@@ -136,10 +142,6 @@ class MysqlPool:
 
 
 def _zone(name: str) -> tzinfo:
-    if name == "Local":
-        local = datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
     if name in ("UTC", ""):
         return UTC
     try:

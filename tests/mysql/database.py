@@ -92,12 +92,14 @@ class Database:
         )  # fmt: skip
 
     def add_task(self, user_id: int, keyword: str, *, notify: bool = True, status: str = "running",
-                 platform: int = 1, min_price: int = 0, max_price: int = 0) -> int:  # fmt: skip
+                 platform: int = 1, min_price: int = 0, max_price: int = 0,
+                 last_run_at: datetime | None = None) -> int:  # fmt: skip
         now = datetime.now()
         return self.execute(
             "INSERT INTO tasks (created_at, updated_at, user_id, keyword, min_price, max_price, platform,"
-            " sort_by, sort_order, status, notify_enabled) VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0, %s, %s)",
-            now, now, user_id, keyword, min_price, max_price, platform, status, notify,
+            " sort_by, sort_order, status, notify_enabled, last_run_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0, %s, %s, %s)",
+            now, now, user_id, keyword, min_price, max_price, platform, status, notify, last_run_at,
         )  # fmt: skip
 
     def task(self, task_id: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,8 @@ def test_running_rows_are_the_periodic_schedule(
     daemon: Daemon, db: Database, r: redis.Redis, crawler_stub: CrawlerStub
 ) -> None:
     user = db.add_user("buyer@example.com")
-    overdue = db.add_task(user, "scheduled camera")
-    db.execute("UPDATE tasks SET last_run_at = NOW() - INTERVAL 1 DAY WHERE id = %s", overdue)
+    # one statement: the daemon's own sync may run at any moment and must see the row whole
+    overdue = db.add_task(user, "scheduled camera", last_run_at=datetime.now() - timedelta(days=1))
     fresh = db.add_task(user, "new camera")  # the API's own execute makes its first run
     daemon.data.sync()  # type: ignore[union-attr]  # (the daemon runs it every min(30 s, period))
     wait_until(lambda: crawled(crawler_stub, overdue) == 1, 10, what="the overdue task's run, at once")

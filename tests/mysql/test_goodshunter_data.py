@@ -371,3 +371,68 @@ def test_the_outbox_trim_keeps_every_unmailed_event(db: Database, r: redis.Redis
     assert 300 <= len(left) < 1500 and left[-1][1][b"n"] == b"1499"
     assert {int(f[b"n"]) for _, f in left} >= set(range(1200, 1500))  # every unread one is still there
     data.pool.close()
+
+
+# -- second review ----------------------------------------------------------------------------------------
+
+
+def test_after_an_empty_first_crawl_the_first_items_are_mailed(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    """No dedup hash is no lost hash when no crawl ever linked an item: an alert for a rare item."""
+    task = db.add_task(db.add_user("a@example.com"), "rare lens")
+    res = results(pool, r)
+    crawl(res, task, [])
+    crawl(res, task, [item(1, 100)])
+    assert [e["kind"] for e in outbox(r)] == ["new_item"]
+
+
+def test_a_connection_lost_mid_transaction_is_repeated_in_place(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    task = db.add_task(db.add_user("a@example.com"), "lens")
+    res = results(pool, r)
+    crawl(res, task, [item(1, 100)])
+    original = res._write_rows
+    calls = []
+
+    def dying(conn, *args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            with conn.cursor() as cur:
+                cur.execute("SELECT CONNECTION_ID()")
+                (conn_id,) = cur.fetchone()
+            db.execute(f"KILL {int(conn_id)}")  # the server drops the connection mid-transaction
+        return original(conn, *args)
+
+    res._write_rows = dying  # type: ignore[method-assign]
+    crawl(res, task, [item(2, 200), item(1, 100)])
+    assert len(calls) == 2 and [e["kind"] for e in outbox(r)] == ["new_item"]
+
+
+def test_loc_local_follows_daylight_saving_on_the_values_date(db: Database) -> None:
+    from datetime import datetime
+
+    local = MysqlPool(parse_go_dsn(db.dsn))  # loc=Local
+    july, january = datetime(2026, 7, 1, 12), datetime(2026, 1, 1, 12)
+    assert local.timestamp(july) == july.timestamp() and local.timestamp(january) == january.timestamp()
+
+
+def test_a_stop_while_the_database_is_away_applies_and_never_raises(r: redis.Redis) -> None:
+    from scheduler.config import MysqlTarget
+    from scheduler.lifecycle import Lifecycle
+    from scheduler.metrics import Metrics
+    from scheduler.outcomes import Skip
+    from scheduler.taskqueue import Consumer, Producer
+    from scheduler.worker import Running, TaskRunner
+
+    away = MysqlTaskStore(
+        MysqlPool(MysqlTarget("root", "", "127.0.0.1", 1, None, "gh", {}), connect_timeout=1)
+    )
+    settings = load_settings(env={})
+    lifecycle = Lifecycle(settings, r, registry=away)
+    runner = TaskRunner(settings, None, None, Metrics(), lifecycle)  # type: ignore[arg-type]
+    Producer(r).stop_task(7, "user_stop")
+    [msg] = Consumer(r, None, STREAM, keys.DEFAULT_GROUP, "c").read(1, block_ms=100)
+    assert runner.run(Running(msg), None) == Skip("stop")
+    assert runner.metrics.stops._value.get() == 1
