@@ -336,20 +336,20 @@ class Daemon:
                 self._stopping.wait(1.0)
 
     def _store_down(self, exc: StoreError) -> None:
-        """One line per outage (then every tenth failure), a growing pause: never a traceback a second."""
         self._store_failures += 1
-        self.intake.recover = True
         self.metrics.store_errors.inc()
-        delay = min(5.0, 0.1 * 2 ** min(self._store_failures, 6))
-        if self._store_failures == 1 or self._store_failures % 10 == 0:
-            log.warning("task database error in read loop (%s); retrying in %.1fs", exc, delay)
-        self._stopping.wait(delay)
+        self._back_off(self._store_failures, "task database error", exc)
 
     def _redis_down(self, exc: Exception) -> None:
         self._redis_failures += 1
-        self.intake.recover = True  # a read whose reply was lost may have delivered entries to us
         self.metrics.redis_errors.labels("read").inc()
-        delay = min(5.0, 0.1 * 2 ** min(self._redis_failures, 6)) * random.uniform(0.5, 1.0)
-        if self._redis_failures == 1 or self._redis_failures % 10 == 0:
-            log.warning("Redis error in read loop (%s); retrying in %.1fs", exc, delay)
+        self._back_off(self._redis_failures, "Redis error", exc)
+
+    def _back_off(self, failures: int, what: str, exc: Exception) -> None:
+        """One line per outage (then every tenth failure) and a growing, jittered pause; a batch whose
+        reply was lost or that failed half-way may have left entries to us: recovered next turn."""
+        self.intake.recover = True
+        delay = min(5.0, 0.1 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+        if failures == 1 or failures % 10 == 0:
+            log.warning("%s in read loop (%s); retrying in %.1fs", what, exc, delay)
         self._stopping.wait(delay)

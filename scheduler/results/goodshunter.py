@@ -140,40 +140,60 @@ class GoodsHunterResults:
             )
             ctx = dataclasses.replace(ctx, first_run=True, notify_to="")
         now = self.pool.now()
+        # one connection for the transaction and, after the merge script, the row's times (a checkout
+        # costs a ping); the whole sequence is repeatable, so a deadlock or a lost connection repeats it
         for attempt in range(1, TRANSACTION_TRIES + 1):
             try:
                 with self.pool.connection() as conn:
                     unlinked, events = self._write_rows(conn, ctx, items, known, now)
+                    written, mailed, merged = self._merge(ctx, entry_id, items, known, events)
+                    if written >= 0:
+                        self._ran(conn, ctx, now)
                 break
-            except StoreError as exc:  # a deadlock, a connection gone stale: the transaction is repeatable
+            except StoreError as exc:
                 if exc.code not in RETRY_IN_PLACE or attempt == TRANSACTION_TRIES:
                     raise
                 log.info(
                     "task database: %s; transaction repeated", exc.detail, extra={"task_id": ctx.task_id}
                 )
+        if written < 0:
+            log.warning(
+                "crawl not merged: its entry is no longer this daemon's", extra={"task_id": ctx.task_id}
+            )
+            return Merged(False, 0, 0, 0, 0, unlinked)
+        kinds = list(events.values())
+        return Merged(True, kinds.count("new_item"), kinds.count("price_drop"), mailed, merged, unlinked)
+
+    def _merge(
+        self,
+        ctx: TaskContext,
+        entry_id: str,
+        items: list[crawler_pb2.Item],
+        known: dict[str, str],
+        events: dict[str, str],
+    ) -> tuple[int, int, int]:
+        """Step 4, ``merge_items.lua``: (prices written or -1 when the entry is no longer ours, events
+        written, items already merged)."""
         args: list[object] = [OUTBOX_MAXLEN, ctx.task_id, ctx.keyword, ctx.notify_to, self.group, self.consumer,
                               entry_id]  # fmt: skip
         for it in items:
             args += [it.source_id, known.get(it.source_id, ""), it.price, it.title, it.image_url, it.item_url,
                      events.get(it.source_id, "")]  # fmt: skip
+        keys_ = [keys.dedup_hash(ctx.task_id), self.outbox, self.stream]
         with connection_errors(f"merge the items of task {ctx.task_id}"):
-            written, mailed, merged = self.scripts.run("merge_items", [dedup, self.outbox, self.stream], args)
-        if int(written) < 0:
-            log.warning(
-                "crawl not merged: its entry is no longer this daemon's", extra={"task_id": ctx.task_id}
-            )
-            return Merged(False, 0, 0, 0, 0, unlinked)
-        with self.pool.connection() as conn, conn.cursor() as cur:
+            written, mailed, merged = self.scripts.run("merge_items", keys_, args)
+        return int(written), int(mailed), int(merged)
+
+    @staticmethod
+    def _ran(conn: Any, ctx: TaskContext, now: datetime) -> None:
+        """Step 5: the row's run times, last (autocommit)."""
+        with conn.cursor() as cur:
             cur.execute(
                 "UPDATE tasks SET last_run_at = %s, baseline_at = COALESCE(baseline_at, %s)"
                 + (", status = 'completed'" if ctx.oneshot else "")
                 + " WHERE id = %s",
                 (now, now, ctx.task_id),
             )
-        kinds = list(events.values())
-        return Merged(
-            True, kinds.count("new_item"), kinds.count("price_drop"), int(mailed), int(merged), unlinked
-        )
 
     def _has_links(self, task_id: int) -> bool:
         """Did an earlier crawl link items? (No hash and no links: the earlier crawls found nothing, and

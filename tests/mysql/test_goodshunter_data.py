@@ -219,19 +219,21 @@ def test_the_schedule_follows_the_running_rows(db: Database, pool: MysqlPool, r:
     assert r.hget(keys.intervals_hash(STREAM), str(c)) == b"300000"
 
 
-def test_a_wrong_mysql_password_is_one_line_at_start(db: Database) -> None:
+def refusal(dsn: str) -> str | None:
+    """What start-up says of this DSN (None: it may start)."""
     from scheduler.metrics import Metrics
     from scheduler.results.datapath import DataPath
 
+    settings = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0", "MYSQL_DSN": dsn})
+    return DataPath(settings, redis.Redis(), Metrics()).check()
+
+
+def test_a_wrong_mysql_password_is_one_line_at_start(db: Database) -> None:
     t = parse_go_dsn(db.dsn)
-    settings = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0",
-                                  "MYSQL_DSN": f"nosuchuser:wrong-pw@tcp({t.host}:{t.port})/{t.database}"})  # fmt: skip
-    reason = DataPath(settings, redis.Redis(), Metrics()).check()
+    reason = refusal(f"nosuchuser:wrong-pw@tcp({t.host}:{t.port})/{t.database}")
     assert reason is not None and "refused the user or password" in reason and "\n" not in reason
     assert "wrong-pw" not in reason
-    missing = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0",
-                                 "MYSQL_DSN": f"{t.user}@tcp({t.host}:{t.port})/no_such_db_here"})  # fmt: skip
-    assert "unknown database" in (DataPath(missing, redis.Redis(), Metrics()).check() or "")
+    assert "unknown database" in (refusal(f"{t.user}@tcp({t.host}:{t.port})/no_such_db_here") or "")
 
 
 # -- review findings --------------------------------------------------------------------------------------
@@ -316,13 +318,8 @@ def test_a_stale_pooled_connection_is_replaced_not_an_error(db: Database, pool: 
 
 
 def test_a_non_ascii_mysql_password_is_refused_in_one_line_never_a_traceback(db: Database) -> None:
-    from scheduler.metrics import Metrics
-    from scheduler.results.datapath import DataPath
-
     t = parse_go_dsn(db.dsn)
-    settings = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0",
-                                  "MYSQL_DSN": f"nosuchuser:pa€ss@tcp({t.host}:{t.port})/{t.database}"})  # fmt: skip
-    reason = DataPath(settings, redis.Redis(), Metrics()).check()
+    reason = refusal(f"nosuchuser:pa€ss@tcp({t.host}:{t.port})/{t.database}")
     assert reason is not None and "refused the user or password" in reason and "€" not in reason
 
 
