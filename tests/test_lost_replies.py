@@ -152,11 +152,15 @@ def test_an_error_after_dispatch_never_starts_the_batch_again(
         return accept(reply)
 
     monkeypatch.setattr(daemon.consumer, "accept", failing_accept)
-    run = Running(daemon)
+    # A blocking read takes one entry of the backlog, so every turn pipelines a read of the rest while
+    # its batch is handed on: each injection hits a non-empty next read, whatever the timing.
+    read = daemon.consumer.read
+    monkeypatch.setattr(daemon.consumer, "read", lambda count=10, block_ms=2000: read(1, block_ms=block_ms))
     tasks = list(range(61, 81))
+    RedisTaskRegistry(r).put_many([TaskSpec(t, f"k{t}") for t in tasks])
+    Producer(r).submit_many(tasks, "user_create")  # the backlog, before the daemon reads
+    run = Running(daemon)
     try:
-        RedisTaskRegistry(r).put_many([TaskSpec(t, f"k{t}") for t in tasks])
-        Producer(r).submit_many(tasks, "user_create")
         wait_until(lambda: set(crawled(crawler_stub)) == set(tasks), 15, what="every task crawled")
         wait_until(lambda: pending_count(r) == 0 and daemon.slots.busy == 0, 5, what="all ended")
         assert failures["left"] == 0
