@@ -4,8 +4,10 @@ period after it last ran or, never run, after it was created (the API's own exec
 run), and at once when that is past: after a long outage every overdue task runs, once. The periodic publisher then runs on the Redis schedule as
 for the embedded registry, so any number of daemons publish each task once per period.
 
-Safe with several daemons syncing at once: adds are ZADD NX, removals of what is gone anyway. A stale
-add (a row stopped between one daemon's read and its write) costs one execute, skipped when read."""
+Safe with several daemons syncing at once: adds are ZADD NX; removals are of tasks this sync saw scheduled
+before it read the rows, so a task another sync added meanwhile stays. A stale add (a row stopped between
+one daemon's read and its write) costs one execute, skipped when read; a stale removal (a row stopped and
+started again between this sync's two reads) costs a wait until the next sync."""
 
 from __future__ import annotations
 
@@ -23,13 +25,17 @@ log = logging.getLogger(__name__)
 def sync_schedule(
     store: MysqlTaskStore, client: redis.Redis, stream: str, interval_s: float
 ) -> tuple[int, int]:
-    """Make the schedule hold exactly the running rows. Returns (added, removed)."""
-    rows = dict(store.running())
-    running = set(rows)
+    """Make the schedule hold exactly the running rows. Returns (added, removed).
+
+    The schedule is read before the rows: a task another daemon's sync added after this read is not in
+    ``scheduled``, so a row snapshot older than that sync never removes it."""
     schedule, intervals = keys.schedule_set(stream), keys.intervals_hash(stream)
     with connection_errors("sync the schedule with the task database"):
         members: list[bytes] = client.zrange(schedule, 0, -1)  # type: ignore[assignment]
-        scheduled = {int(t) for t in members}
+    scheduled = {int(t) for t in members}
+    rows = dict(store.running())
+    running = set(rows)
+    with connection_errors("sync the schedule with the task database"):
         added, removed = sorted(running - scheduled), sorted(scheduled - running)
         if not (added or removed):
             return 0, 0

@@ -219,6 +219,25 @@ def test_the_schedule_follows_the_running_rows(db: Database, pool: MysqlPool, r:
     assert r.hget(keys.intervals_hash(STREAM), str(c)) == b"300000"
 
 
+def test_a_sync_on_a_stale_read_never_removes_what_another_sync_added(
+    db: Database, pool: MysqlPool, r: redis.Redis
+) -> None:
+    """Two daemons sync at once: one read the rows before the API inserted a task, the other read them
+    after and scheduled it. The first must not take the task off the schedule (it did: a new task waited
+    a whole sync period for its first run)."""
+    user = db.add_user("a@example.com")
+    store = MysqlTaskStore(pool)
+
+    class ReadBeforeTheInsert(MysqlTaskStore):
+        def running(self) -> list[tuple[int, float]]:
+            db.add_task(user, "new")  # the API inserts a row while this daemon's read is on its way ...
+            sync_schedule(store, r, STREAM, 300.0)  # ... and another daemon's sync schedules it
+            return []  # what this daemon read
+
+    assert sync_schedule(ReadBeforeTheInsert(pool), r, STREAM, 300.0) == (0, 0)
+    assert r.zcard(keys.schedule_set(STREAM)) == 1
+
+
 def refusal(dsn: str) -> str | None:
     """What start-up says of this DSN (None: it may start)."""
     from scheduler.metrics import Metrics
