@@ -16,13 +16,13 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from benchmarks.work import request_for
 from scheduler._proto import crawler_pb2_grpc
 from scheduler.config import load_settings
-from scheduler.crawler import CrawlerClient
+from scheduler.crawler.client import CrawlerClient
+from scheduler.crawler.mapping import build_request, item_dict
 from scheduler.errors import QueueConnectionError
-from scheduler.registry import TaskSpec
 from scheduler.taskqueue import TaskMessage, decode
 from scheduler.taskqueue.message import format_timestamp
 from scheduler.taskqueue.scripts import Scripts
-from scheduler.worker import _item_dict, build_request
+from scheduler.tasks.registry import TaskSpec
 
 
 def cpu_us(call: Callable[[], object], n: int) -> float:
@@ -96,7 +96,7 @@ def measure(redis_url: str, crawler_addr: str, n: int = 2000) -> list[tuple[str,
     items = list(response.items)
 
     def results_json() -> str:
-        return json.dumps([_item_dict(item) for item in items], ensure_ascii=False)
+        return json.dumps([item_dict(item) for item in items], ensure_ascii=False)
 
     rows.append(("items → dicts → json.dumps (5 items) + format_timestamp",
                  cpu_us(lambda: (results_json(), format_timestamp(datetime.now(UTC))), n * 5),

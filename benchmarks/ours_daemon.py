@@ -7,7 +7,7 @@ import logging
 import sys
 
 from scheduler.config import load_settings
-from scheduler.daemon import Daemon
+from scheduler.daemon.app import Daemon
 
 if __name__ == "__main__":
     settings = load_settings()

@@ -18,7 +18,7 @@ from benchmarks.observer import DoneObserver
 from benchmarks.queues import load
 from benchmarks.queues.base import Adapter
 from benchmarks.work import ENV_CONCURRENCY, ENV_CRAWLER, ENV_REDIS
-from scheduler.redis_server import RedisServer
+from scheduler.devtools.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 SETTLE_S = 0.3  # between phases: stragglers (acks, result writes after the completion record) finish

@@ -122,7 +122,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2025-01-02T03:04:05.678Z INFO    scheduler.daemon: message key=value``, then any traceback."""
+    """``2025-01-02T03:04:05.678Z INFO    scheduler.daemon.app: message key=value``, then any traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [_timestamp(record), f"{record.levelname:<7}", f"{record.name}:", record.getMessage()]

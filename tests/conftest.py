@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler.redis_server import RedisServer
+from scheduler.devtools.redis_server import RedisServer
 from tests.crawler_fixtures import crawler_process, crawler_stub  # noqa: F401
 from tests.e2e.support import Daemons
 

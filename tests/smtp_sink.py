@@ -28,7 +28,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from scheduler.redis_server import free_port
+from scheduler.devtools.redis_server import free_port
 
 
 @dataclass(frozen=True)

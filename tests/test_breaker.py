@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from scheduler.breaker import CircuitBreaker, State
+from scheduler.crawler.breaker import CircuitBreaker, State
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from crawler_stub import CrawlerStub
-from scheduler.redis_server import RedisServer, free_port
+from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.taskqueue import Consumer, Producer, TaskMessage, decode, keys
 from scheduler.taskqueue.message import format_timestamp
 from scheduler.taskqueue.scripts import Scripts

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler.redis_server import RedisServer, free_port
+from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.taskqueue import keys
 from tests.e2e.support import SCHEDULER
 

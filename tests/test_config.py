@@ -24,8 +24,8 @@ from scheduler.config import (
     redact,
     reference_markdown,
 )
+from scheduler.devtools.redis_server import RedisServer, find_redis_server
 from scheduler.errors import ConfigError
-from scheduler.redis_server import RedisServer, find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CA_FILE = "<a file that exists>"

@@ -11,7 +11,7 @@ import pytest
 
 from crawler_stub import CrawlerStub
 from scheduler._proto import crawler_pb2
-from scheduler.crawler import CancelToken, CrawlerClient
+from scheduler.crawler.client import CancelToken, CrawlerClient
 from scheduler.errors import CrawlCancelledError, CrawlerError
 
 ClientFactory = Callable[..., CrawlerClient]

@@ -12,11 +12,11 @@ import redis
 
 from crawler_stub import CrawlerStub
 from scheduler.config import load_settings
-from scheduler.daemon import Daemon
-from scheduler.lifecycle import Lifecycle
-from scheduler.redis_server import RedisServer
-from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.daemon.app import Daemon
+from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Producer, TaskMessage, keys
+from scheduler.tasks.lifecycle import Lifecycle
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 from tests.e2e.support import pending_count, statuses, wait_until
 
 

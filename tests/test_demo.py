@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from crawler_stub.script import parse
-from scheduler.demo import SAMPLES, sample_specs, samples
+from scheduler.devtools.demo import SAMPLES, sample_specs, samples
 from scheduler.signals import Signals
 
 SCHEDULER = Path(sys.executable).parent / "goodshunter-scheduler"

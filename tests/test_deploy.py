@@ -22,7 +22,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from scheduler.daemon import AFTER_GRACE_S
+from scheduler.daemon.app import AFTER_GRACE_S
 from scheduler.durations import parse_duration
 from tests.crawler_fixtures import StubProcess
 

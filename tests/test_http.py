@@ -22,13 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from crawler_stub import CrawlerStub
 from scheduler.config import Settings, load_settings
-from scheduler.daemon import Daemon
-from scheduler.http import StatusServer
-from scheduler.lifecycle import Lifecycle
-from scheduler.redis_server import RedisServer, free_port
-from scheduler.registry import TaskSpec
+from scheduler.daemon.app import Daemon
+from scheduler.daemon.timers import read_heartbeat
+from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.taskqueue import keys
-from scheduler.timers import read_heartbeat
+from scheduler.tasks.lifecycle import Lifecycle
+from scheduler.tasks.registry import TaskSpec
+from scheduler.web.status import StatusServer
 
 Response = tuple[int, dict[str, str], str]
 
@@ -237,7 +237,7 @@ def test_healthz_fails_when_the_read_loop_stalls_and_unknown_paths_are_404(
     daemon = Daemon(settings_for(redis_server.url, "127.0.0.1:1"), handle_signals=False)
     status = status_for(daemon, 0).start()
     try:
-        with caplog.at_level(logging.DEBUG, logger="scheduler.http"):
+        with caplog.at_level(logging.DEBUG, logger="scheduler.web.status"):
             assert get(status.port, "/healthz")[0] == 200
             daemon.last_loop = time.monotonic() - 31  # a loop stuck in one call for 31 s
             code, _, body = get(status.port, "/healthz")

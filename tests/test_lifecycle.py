@@ -6,11 +6,11 @@ import pytest
 import redis
 
 from scheduler.config import Settings, load_settings
-from scheduler.lifecycle import Lifecycle, RunRequest
-from scheduler.redis_server import RedisServer
-from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Consumer, Producer, StreamMessage, TaskMessage, keys
 from scheduler.taskqueue.message import entry_stamp
+from scheduler.tasks.lifecycle import Lifecycle, RunRequest
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
 S = keys.DEFAULT_STREAM
 

@@ -16,12 +16,12 @@ from redis.retry import Retry
 
 from crawler_stub import CrawlerStub
 from scheduler.config import load_settings
-from scheduler.daemon import Daemon
+from scheduler.daemon.app import Daemon
+from scheduler.devtools.redis_server import RedisServer
 from scheduler.errors import QueueConnectionError
-from scheduler.lifecycle import Lifecycle, RunRequest
-from scheduler.redis_server import RedisServer
-from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import Consumer, Producer, keys
+from scheduler.tasks.lifecycle import Lifecycle, RunRequest
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 from tests.e2e.support import pending_count, wait_until
 from tests.lossy_proxy import LossyProxy
 
@@ -187,7 +187,7 @@ def test_a_classification_error_loses_nothing_of_the_next_read(
         return verdicts(reply)
 
     monkeypatch.setattr(daemon.lifecycle, "verdicts", failing)
-    monkeypatch.setattr("scheduler.daemon.Lifecycle.verdicts", staticmethod(failing))
+    monkeypatch.setattr("scheduler.daemon.app.Lifecycle.verdicts", staticmethod(failing))
     run = Running(daemon)
     tasks = list(range(81, 101))
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from scheduler.redis_server import free_port
+from scheduler.devtools.redis_server import free_port
 from scheduler.results.notify import Mailer, MailSettings, render, smtp_connect
 from tests.smtp_sink import SmtpSink
 

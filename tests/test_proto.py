@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from scheduler import protogen
 from scheduler._proto import crawler_pb2, crawler_pb2_grpc
+from scheduler.devtools import protogen
 
 STRING, INT32, BOOL = FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_BOOL
 ENUM, MESSAGE = FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_MESSAGE

@@ -12,11 +12,11 @@ import redis
 
 from crawler_stub import CrawlerStub
 from scheduler.config import Settings, load_settings
-from scheduler.daemon import Daemon
-from scheduler.lifecycle import Lifecycle
-from scheduler.redis_server import RedisServer
-from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.daemon.app import Daemon
+from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Consumer, Producer, TaskMessage, keys
+from scheduler.tasks.lifecycle import Lifecycle
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 from tests.e2e.support import pending_count, wait_until
 
 S, G = keys.DEFAULT_STREAM, keys.DEFAULT_GROUP
@@ -179,7 +179,7 @@ def test_renewing_the_lease_of_a_held_entry_whose_payload_was_deleted_keeps_it_a
 def test_a_cli_stop_after_a_user_request_is_applied_while_entry_ids_run_ahead_of_the_clock(
     r: redis.Redis, redis_server: RedisServer, crawler_stub: CrawlerStub
 ) -> None:
-    from scheduler.lifecycle import RunRequest
+    from scheduler.tasks.lifecycle import RunRequest
 
     settings = _settings(redis_server.url, crawler_stub.address)
     life = Lifecycle(settings, r)

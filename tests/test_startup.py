@@ -1,4 +1,4 @@
-"""scheduler/startup.py against a real Redis: who may take a consumer name, and how a start-up fails.
+"""scheduler/daemon/startup.py against a real Redis: who may take a consumer name, and how a start-up fails.
 
 Each heartbeat here is what a real daemon writes (``heartbeat_payload``), naming real processes: this one,
 a live ``sleep`` child, a child that has exited. Nothing is mocked but a Daemon's ``start`` in the last
@@ -21,15 +21,15 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from scheduler import startup
 from scheduler.cli.common import CliError
 from scheduler.cli.run_cmd import start_and_run
 from scheduler.config import Settings, load_settings
-from scheduler.daemon import Daemon
-from scheduler.redis_server import RedisServer, free_port
-from scheduler.startup import StartupError, prepare, process_identity, process_start
+from scheduler.daemon import startup
+from scheduler.daemon.app import Daemon
+from scheduler.daemon.startup import StartupError, prepare, process_identity, process_start
+from scheduler.daemon.timers import heartbeat_payload, read_heartbeat
+from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.taskqueue import keys
-from scheduler.timers import heartbeat_payload, read_heartbeat
 
 NAME = "worker-a"
 KEY = keys.heartbeat_key(keys.DEFAULT_STREAM, keys.DEFAULT_GROUP, NAME)
@@ -160,7 +160,7 @@ def test_a_dead_pid_on_this_host_is_taken_over_at_once(
     identity = local_identity(gone.pid)  # taken while it lives (it may be a zombie already: same entry)
     gone.wait()
     r.set(KEY, beat(gone.pid, **identity), ex=30)
-    with caplog.at_level(logging.WARNING, logger="scheduler.startup"):
+    with caplog.at_level(logging.WARNING, logger="scheduler.daemon.startup"):
         claim, took = timed_prepare(settings, client)
     assert claim is not None
     claims.append(claim)
@@ -311,7 +311,7 @@ def test_the_heartbeat_carries_the_claim_says_once_when_it_meets_another_daemon_
         daemon.maintenance.heartbeat()
         assert token_in(r) == claim.token
         intruder = beat(4242, host="node-b")
-        with caplog.at_level(logging.ERROR, logger="scheduler.startup"):
+        with caplog.at_level(logging.ERROR, logger="scheduler.daemon.startup"):
             for _ in range(3):
                 r.set(KEY, intruder)  # another daemon judged us dead and runs on our name
                 daemon.maintenance.heartbeat()
@@ -369,7 +369,7 @@ def test_a_redis_not_up_yet_is_waited_for(
     got: list[startup.NameClaim | None] = []
     waiter = threading.Thread(target=lambda: got.append(prepare(s, client, threading.Event())))
     try:
-        with caplog.at_level(logging.INFO, logger="scheduler.startup"):
+        with caplog.at_level(logging.INFO, logger="scheduler.daemon.startup"):
             waiter.start()
             time.sleep(1.0)
             assert waiter.is_alive() and not got  # still waiting, not failed

@@ -9,8 +9,8 @@ import threading
 import pytest
 import redis
 
+from scheduler.daemon.timers import Job, TimerThread
 from scheduler.taskqueue import Consumer, keys
-from scheduler.timers import Job, TimerThread
 from tests.e2e.support import wait_until
 
 
@@ -31,7 +31,7 @@ def test_a_refused_job_is_one_line_and_retried_and_the_others_run_on(
     timer = TimerThread(
         "t", [Job("lease renewal", lambda: 0.01, renew), Job("other", lambda: 0.01, other)], stop
     )
-    with caplog.at_level(logging.INFO, logger="scheduler.timers"):
+    with caplog.at_level(logging.INFO, logger="scheduler.daemon.timers"):
         timer.start()
         wait_until(lambda: calls["renew"] >= 2 and calls["other"] >= 3, 5)
         stop.set()

@@ -9,15 +9,15 @@ import redis
 
 from benchmarks.queues.base import Adapter
 from benchmarks.work import KEYWORD
-from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import Producer, keys
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
 SPEC_CHUNK = 1000
 
 
 def cli_works() -> tuple[bool, str]:
     probe = subprocess.run(
-        [sys.executable, "-c", "import scheduler.cli.run_cmd, scheduler.daemon"],
+        [sys.executable, "-c", "import scheduler.cli.run_cmd, scheduler.daemon.app"],
         capture_output=True,
         text=True,
         check=False,

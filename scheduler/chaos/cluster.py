@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
+from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.errors import SchedulerError
-from scheduler.redis_server import RedisServer, free_port
 from scheduler.taskqueue import keys
 
 BIN = Path(sys.executable).parent

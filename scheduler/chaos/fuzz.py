@@ -38,10 +38,10 @@ import redis
 
 from crawler_stub import CrawlerStub
 from scheduler.chaos.procinfo import rss_kib
+from scheduler.devtools.redis_server import RedisServer
 from scheduler.errors import InvalidMessageError
-from scheduler.redis_server import RedisServer
-from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import TaskMessage, decode, keys
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
 GROUP: Final = keys.DEFAULT_GROUP
 CONSUMER: Final = "fuzz-daemon"

@@ -17,8 +17,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import Producer
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
 Action = Literal["execute", "stop"]
 SHARED_BASE = 9_000_000  # ids of the shared tasks (executes, stops and re-enables mixed)

@@ -26,9 +26,9 @@ from scheduler.chaos.procinfo import crash_findings, rss_kib, tcp_ports_to
 from scheduler.chaos.producer import Feeder, Recorder, Submit, make_workload
 from scheduler.chaos.proxy import FaultyProxy
 from scheduler.chaos.report import Row
-from scheduler.redis_server import free_port
-from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.devtools.redis_server import free_port
 from scheduler.taskqueue import keys
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
 IDLE_BASE = 8_000_000
 MIXED = ("client-kill", "proxy", "pause", "kill9", "sigstop", "sigterm", "crawler", "redis-restart", "trim")

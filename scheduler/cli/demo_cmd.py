@@ -1,4 +1,4 @@
-"""``demo``: the whole system on this machine, with live progress and a summary (scheduler.demo runs it).
+"""``demo``: the whole system on this machine, with live progress and a summary (scheduler.devtools.demo runs it).
 
 It ends after ``--seconds``, or on Ctrl-C / SIGTERM / SIGHUP: the daemon gets SIGTERM and drains, then the
 crawler and Redis stop, and the summary prints. Ctrl-C is the normal way to end an open-ended demo, so it
@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from scheduler.cli.common import EXIT_FAIL, EXIT_OK, CliError, Subparsers
-from scheduler.demo import MAX_TASKS, DemoSystem, Interrupted, Tracker, sample_specs, samples
+from scheduler.devtools.demo import MAX_TASKS, DemoSystem, Interrupted, Tracker, sample_specs, samples
 from scheduler.durations import parse_duration
 from scheduler.errors import SchedulerError
 from scheduler.signals import Signals

@@ -32,11 +32,11 @@ from scheduler.cli.common import (
     settings_from,
 )
 from scheduler.config import Settings, compact_duration
+from scheduler.daemon.timers import read_heartbeat
 from scheduler.errors import InvalidMessageError
 from scheduler.taskqueue import decode, keys
 from scheduler.taskqueue._redis import text
 from scheduler.taskqueue.scripts import Scripts
-from scheduler.timers import read_heartbeat
 
 Entry = tuple[str, dict[bytes, bytes]]
 ENTRY_ID = re.compile(r"[0-9]+-[0-9]+")

@@ -9,8 +9,8 @@ import sys
 
 from scheduler.cli.common import EXIT_OK, CliError, Subparsers, add_config_option, settings_from
 from scheduler.config import Settings
+from scheduler.daemon.startup import StartupError
 from scheduler.logsetup import configure_logging
-from scheduler.startup import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def start_and_run(settings: Settings) -> int:
     (a refused password, a consumer name a live daemon holds, anything unforeseen)."""
     daemon = None
     try:
-        from scheduler.daemon import Daemon  # grpc and friends load only for the daemon
+        from scheduler.daemon.app import Daemon  # grpc and friends load only for the daemon
 
         daemon = Daemon(settings)
         return daemon.run()

@@ -28,9 +28,9 @@ from scheduler.cli.common import (
 from scheduler.config import Settings
 from scheduler.durations import format_duration, parse_duration
 from scheduler.errors import InvalidTaskError
-from scheduler.lifecycle import Lifecycle
-from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import Producer, keys
+from scheduler.tasks.lifecycle import Lifecycle
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
 SPEC_FIELDS = {
     "id", "keyword", "platform", "min_price", "max_price", "exclude_keywords", "only_on_sale", "limit",

@@ -9,6 +9,7 @@ import threading
 import redis
 
 from scheduler.config import Settings, parse_go_dsn
+from scheduler.daemon.timers import Job
 from scheduler.metrics import Metrics
 from scheduler.results.goodshunter import GoodsHunterResults
 from scheduler.results.notify import Mailer, MailSettings
@@ -16,7 +17,6 @@ from scheduler.taskqueue import keys
 from scheduler.taskqueue.scripts import Scripts
 from scheduler.tasks.mysql_store import MysqlPool, MysqlTaskStore, StoreError
 from scheduler.tasks.schedule_sync import sync_schedule
-from scheduler.timers import Job
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Where task specs live: the embedded Redis registry (``scheduler.registry``) or GoodsHunter's MySQL."""
+"""Where task specs live: the embedded Redis registry (``scheduler.tasks.registry``) or GoodsHunter's MySQL."""

@@ -21,7 +21,7 @@ import pymysql.cursors
 
 from scheduler.config import MysqlTarget
 from scheduler.errors import InvalidTaskError, SchedulerError
-from scheduler.registry import Platform, SortBy, SortOrder, Status, TaskSpec
+from scheduler.tasks.registry import Platform, SortBy, SortOrder, Status, TaskSpec
 
 log = logging.getLogger(__name__)
 

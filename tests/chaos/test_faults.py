@@ -11,8 +11,8 @@ from pathlib import Path
 
 import redis
 
-from scheduler.redis_server import RedisServer, free_port
-from scheduler.registry import TaskSpec
+from scheduler.devtools.redis_server import RedisServer, free_port
+from scheduler.tasks.registry import TaskSpec
 from tests.crawler_fixtures import STUB_SCRIPT, StubProcess
 from tests.e2e.support import Daemons, dead_letters, pending_count, read_calls, register, statuses, wait_until
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import redis
 
-from scheduler.registry import RedisTaskRegistry, TaskSpec
 from scheduler.taskqueue import Producer, keys
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
 SCHEDULER = Path(sys.executable).parent / "goodshunter-scheduler"
 STREAM, GROUP = keys.DEFAULT_STREAM, keys.DEFAULT_GROUP

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from scheduler.registry import TaskSpec
+from scheduler.tasks.registry import TaskSpec
 from tests.crawler_fixtures import StubProcess
 from tests.e2e.support import (
     Daemons,

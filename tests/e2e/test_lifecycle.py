@@ -13,9 +13,9 @@ from pathlib import Path
 import redis
 
 from scheduler.config import load_settings
-from scheduler.lifecycle import Lifecycle
-from scheduler.redis_server import RedisServer
-from scheduler.registry import TaskSpec
+from scheduler.devtools.redis_server import RedisServer
+from scheduler.tasks.lifecycle import Lifecycle
+from scheduler.tasks.registry import TaskSpec
 from tests.crawler_fixtures import StubProcess
 from tests.e2e.support import SCHEDULER, Daemons, dead_letters, read_calls, statuses, wait_until
 

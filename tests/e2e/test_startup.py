@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler.redis_server import RedisServer, free_port
-from scheduler.registry import TaskSpec
+from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.taskqueue import keys
+from scheduler.tasks.registry import TaskSpec
 from tests.crawler_fixtures import StubProcess
 from tests.e2e.support import (
     FAST_ENV,

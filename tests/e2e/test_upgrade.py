@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler.redis_server import RedisServer
-from scheduler.registry import RedisTaskRegistry, TaskSpec
+from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Producer, keys
+from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 from tests.crawler_fixtures import StubProcess
 from tests.e2e.previous_release import (
     NEW_SCHEDULER,

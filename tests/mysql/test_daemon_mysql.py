@@ -18,8 +18,8 @@ import redis
 
 from crawler_stub import CrawlerStub
 from scheduler.config import load_settings
-from scheduler.daemon import Daemon
-from scheduler.redis_server import RedisServer
+from scheduler.daemon.app import Daemon
+from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Producer, keys
 from tests.e2e.support import FAST_ENV, pending_count, statuses, wait_until
 from tests.mysql.database import Database

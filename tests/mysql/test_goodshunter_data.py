@@ -348,8 +348,8 @@ def test_a_refused_redis_write_is_a_response_error_the_runner_retries_with_back_
     """WRONGTYPE (a leftover key of another type), OOM...: not a lost connection, so not 'recover at once'
     (a hot loop that never reaches max_retry); the runner turns it into a counted, backed-off retry."""
     from scheduler.config import load_settings as settings_of
-    from scheduler.outcomes import Retry
-    from scheduler.worker import TaskRunner
+    from scheduler.daemon.outcomes import Retry
+    from scheduler.daemon.runner import TaskRunner
 
     task = db.add_task(db.add_user("a@example.com"), "lens")
     r.set(keys.dedup_hash(task), "not a hash")
@@ -436,11 +436,11 @@ def test_loc_local_follows_daylight_saving_on_the_values_date(db: Database) -> N
 
 def test_a_stop_while_the_database_is_away_applies_and_never_raises(r: redis.Redis) -> None:
     from scheduler.config import MysqlTarget
-    from scheduler.lifecycle import Lifecycle
+    from scheduler.daemon.outcomes import Skip
+    from scheduler.daemon.runner import Running, TaskRunner
     from scheduler.metrics import Metrics
-    from scheduler.outcomes import Skip
     from scheduler.taskqueue import Consumer, Producer
-    from scheduler.worker import Running, TaskRunner
+    from scheduler.tasks.lifecycle import Lifecycle
 
     away = MysqlTaskStore(
         MysqlPool(MysqlTarget("root", "", "127.0.0.1", 1, None, "gh", {}), connect_timeout=1)

@@ -1,4 +1,4 @@
-"""Regenerate the crawler gRPC code from ``proto/crawler.proto`` (``python -m scheduler.protogen``).
+"""Regenerate the crawler gRPC code from ``proto/crawler.proto`` (``python -m scheduler.devtools.protogen``).
 
 Writes ``scheduler/_proto/crawler_pb2.py``, ``crawler_pb2_grpc.py`` and their ``.pyi`` stubs (mypy-protobuf,
 so mypy --strict sees typed messages *and* a typed stub/servicer). ``--check`` regenerates into a temporary
@@ -17,9 +17,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
-OUT_DIR = Path(__file__).resolve().parent / "_proto"
+OUT_DIR = ROOT / "scheduler" / "_proto"
 PACKAGE = "scheduler._proto"
 PROTO_FILES = ("crawler.proto",)
 GENERATED = ("crawler_pb2.py", "crawler_pb2.pyi", "crawler_pb2_grpc.py", "crawler_pb2_grpc.pyi")
@@ -30,7 +30,7 @@ _TOP_LEVEL_IMPORT = re.compile(r"^import (crawler_pb2)\b", re.MULTILINE)
 
 def _plugin(name: str) -> str:
     # The plugins are console scripts of mypy-protobuf, installed next to this interpreter; PATH may not
-    # include the virtualenv (e.g. `.venv/bin/python -m scheduler.protogen`).
+    # include the virtualenv (e.g. `.venv/bin/python -m scheduler.devtools.protogen`).
     path = Path(sys.executable).parent / name
     if not path.exists():
         raise SystemExit(f"protogen: {name} not found next to {sys.executable}; install mypy-protobuf")
@@ -79,7 +79,7 @@ def check() -> int:
     if stale:
         print(
             f"protogen: generated code in {OUT_DIR.relative_to(ROOT)} is out of date with "
-            f"proto/ ({', '.join(stale)}); run `python -m scheduler.protogen` and commit the result "
+            f"proto/ ({', '.join(stale)}); run `python -m scheduler.devtools.protogen` and commit the result "
             "(or the installed grpcio-tools/mypy-protobuf differ from the ones that generated it)",
             file=sys.stderr,
         )
@@ -89,7 +89,9 @@ def check() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scheduler.protogen", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scheduler.devtools.protogen", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed code is stale")
     args = parser.parse_args(argv)
     if args.check:

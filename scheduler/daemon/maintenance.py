@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
-from scheduler.crawler import CrawlerClient
-from scheduler.lifecycle import Lifecycle
+from scheduler.crawler.breaker import CircuitBreaker
+from scheduler.crawler.client import CrawlerClient
+from scheduler.daemon.startup import held, release_unclaimed  # the consumer name claimed at start-up
+from scheduler.daemon.timers import Job, heartbeat_payload
 from scheduler.metrics import Metrics
-from scheduler.startup import held, release_unclaimed  # the consumer name claimed at start-up
 from scheduler.taskqueue import Consumer, keys
 from scheduler.taskqueue._redis import connection_errors, text
-from scheduler.timers import Job, heartbeat_payload
+from scheduler.tasks.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ def heartbeat_payload(
 ) -> str:
     """The heartbeat JSON: readers rely on ``ts`` (and ``busy``, ``workers``, ``circuit``); ``identity``
     adds what tells this process from an earlier one on the same host and pid (``token``, ``boot_id``,
-    ``pid_ns``, ``started``: see scheduler/startup.py). Fields are only ever added."""
+    ``pid_ns``, ``started``: see scheduler/daemon/startup.py). Fields are only ever added."""
     return json.dumps(
         {
             "consumer": consumer,

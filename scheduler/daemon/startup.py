@@ -41,9 +41,9 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from scheduler.config import Settings
+from scheduler.daemon.timers import heartbeat_payload, read_heartbeat
 from scheduler.errors import SchedulerError
 from scheduler.taskqueue import keys
-from scheduler.timers import heartbeat_payload, read_heartbeat
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 if TYPE_CHECKING:
-    from scheduler.breaker import CircuitBreaker
     from scheduler.config import Settings
-    from scheduler.crawler import CrawlerClient
+    from scheduler.crawler.breaker import CircuitBreaker
+    from scheduler.crawler.client import CrawlerClient
 
 Check = Callable[[], tuple[bool, str]]
 

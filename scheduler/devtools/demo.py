@@ -29,14 +29,14 @@ from typing import Final, Literal
 import redis
 
 from scheduler.config import Settings, compact_duration, load_settings
+from scheduler.daemon.timers import read_heartbeat
+from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.errors import InvalidMessageError, SchedulerError
-from scheduler.lifecycle import Lifecycle
-from scheduler.redis_server import RedisServer, free_port
-from scheduler.registry import Platform, TaskSpec
 from scheduler.taskqueue import keys
 from scheduler.taskqueue._redis import text
 from scheduler.taskqueue.message import TaskMessage, decode
-from scheduler.timers import read_heartbeat
+from scheduler.tasks.lifecycle import Lifecycle
+from scheduler.tasks.registry import Platform, TaskSpec
 
 CONSUMER: Final = "demo-1"
 CRAWLER_DELAY_MS: Final = 80

@@ -9,17 +9,17 @@ import threading
 
 import redis
 
+from scheduler.daemon.runner import Running
 from scheduler.errors import QueueConnectionError, SchedulerError
 from scheduler.metrics import Metrics
-from scheduler.registry import TaskRegistry
 from scheduler.taskqueue import Consumer, StreamMessage, keys
 from scheduler.taskqueue._redis import text
-from scheduler.worker import Running
+from scheduler.tasks.registry import TaskRegistry
 
 log = logging.getLogger(__name__)
 
 
-class Holdings:
+class Leases:
     def __init__(self, consumer: Consumer, metrics: Metrics, registry: TaskRegistry) -> None:
         self.consumer = consumer
         self.registry = registry

@@ -9,56 +9,27 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
 
-from scheduler._proto import crawler_pb2
-from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
-from scheduler.crawler import CancelToken, CrawlerClient, FetchOutcome
+from scheduler.crawler.breaker import CircuitBreaker
+from scheduler.crawler.client import CancelToken, CrawlerClient, FetchOutcome
+from scheduler.crawler.mapping import build_request, item_dict
+from scheduler.daemon.outcomes import LeavePending, Outcome, Skip, Success, after_failure
 from scheduler.errors import CrawlCancelledError, CrawlerError
-from scheduler.lifecycle import Lifecycle
 from scheduler.metrics import Metrics
-from scheduler.outcomes import LeavePending, Outcome, Skip, Success, after_failure
-from scheduler.registry import TaskSpec
 from scheduler.results.goodshunter import GoodsHunterResults, TaskContext
 from scheduler.taskqueue import StreamMessage
 from scheduler.taskqueue.message import entry_ms, format_timestamp
+from scheduler.tasks.lifecycle import Lifecycle
 from scheduler.tasks.mysql_store import StoreError
+from scheduler.tasks.registry import TaskSpec
 
 log = logging.getLogger(__name__)
-
-PLATFORMS = {
-    "mercari": crawler_pb2.PLATFORM_MERCARI,
-    "yahoo_auction": crawler_pb2.PLATFORM_YAHOO_AUCTION,
-}
-SORTS = {
-    "created_time": crawler_pb2.SORT_BY_CREATED_TIME,
-    "price": crawler_pb2.SORT_BY_PRICE,
-    "score": crawler_pb2.SORT_BY_SCORE,
-    "num_likes": crawler_pb2.SORT_BY_NUM_LIKES,
-}
-ORDERS = {"desc": crawler_pb2.SORT_ORDER_DESC, "asc": crawler_pb2.SORT_ORDER_ASC}
-PLATFORM_NAMES = {value: name for name, value in PLATFORMS.items()}
-
-
-def build_request(spec: TaskSpec) -> crawler_pb2.FetchRequest:
-    return crawler_pb2.FetchRequest(
-        task_id=str(spec.task_id),
-        platform=PLATFORMS[spec.platform],
-        keyword=spec.keyword,
-        min_price=spec.min_price,
-        max_price=spec.max_price,
-        exclude_keywords=list(spec.exclude_keywords),
-        only_on_sale=spec.only_on_sale,
-        limit=spec.limit,
-        sort=SORTS[spec.sort],
-        order=ORDERS[spec.order],
-    )
 
 
 def entry_time(entry_id: str) -> float:
@@ -198,7 +169,7 @@ class TaskRunner:
 
     @staticmethod
     def _success(fetched: FetchOutcome, seconds: float) -> Success:
-        items = [_item_dict(item) for item in fetched.response.items]
+        items = [item_dict(item) for item in fetched.response.items]
         return Success(
             status="no_items" if fetched.no_items else "success",
             total_found=fetched.response.total_found,
@@ -211,57 +182,3 @@ class TaskRunner:
 
     def extra(self, msg: StreamMessage, **more: object) -> dict[str, object]:
         return {"task_id": msg.message.task_id, "entry_id": msg.id, "attempt": msg.message.retry + 1, **more}
-
-
-def _item_dict(item: crawler_pb2.Item) -> dict[str, object]:
-    return {
-        "source_id": item.source_id,
-        "title": item.title,
-        "price": item.price,
-        "image_url": item.image_url,
-        "item_url": item.item_url,
-        "platform": PLATFORM_NAMES.get(item.platform, "unspecified"),
-        "status": item.status,
-        "currency": item.currency,
-    }
-
-
-class Slots:
-    """Counts busy workers; the read loop waits here so it never holds more messages than free workers.
-
-    A slot stays taken until the entry is ended (a success: until the OutcomeWriter recorded it), so the
-    count is also the number of entries whose leases this daemon renews."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._busy = 0
-        self._cond = threading.Condition()
-
-    @property
-    def busy(self) -> int:
-        return self._busy
-
-    def wait_free(self, timeout: float) -> int:
-        with self._cond:
-            if self._busy >= self.size:
-                self._cond.wait(timeout)
-            return self.size - self._busy
-
-    def take(self, n: int = 1) -> None:
-        with self._cond:
-            self._busy += n
-
-    def give(self) -> None:
-        with self._cond:
-            self._busy -= 1
-            self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._busy > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True

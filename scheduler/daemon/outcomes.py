@@ -38,8 +38,8 @@ from scheduler.taskqueue.message import format_timestamp
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from scheduler.holdings import Holdings
-    from scheduler.worker import Running
+    from scheduler.daemon.leases import Leases
+    from scheduler.daemon.runner import Running
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,13 +151,13 @@ class Outcomes:
         settings: Settings,
         consumer: Consumer,
         metrics: Metrics,
-        holdings: Holdings,
+        leases: Leases,
         give_up: threading.Event,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.metrics = metrics
-        self.holdings = holdings
+        self.leases = leases
         self.left_pending = threading.Event()  # an ending was given up: the read loop recovers the entries
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="outcomes", daemon=True)
@@ -168,7 +168,7 @@ class Outcomes:
         return self
 
     def submit(self, running: Running, outcome: Outcome) -> None:
-        """Hand over an outcome; the entry must be in ``holdings`` (it stays there until written)."""
+        """Hand over an outcome; the entry must be in ``leases`` (it stays there until written)."""
         self._queue.put((running, outcome))
 
     def close(self, timeout: float) -> None:
@@ -200,7 +200,7 @@ class Outcomes:
                     log.exception("%d outcomes not recorded, entries left pending", len(batch))
                 finally:
                     for running, _ in batch:
-                        self.holdings.forget(running)
+                        self.leases.forget(running)
                 # after forgetting them, so that the read loop's recovery finds them not held
                 if not written or any(isinstance(o, LeavePending) and o.recover for _, o in batch):
                     self.left_pending.set()

@@ -22,11 +22,11 @@ from typing import Any, Literal
 import redis
 
 from scheduler.config import Settings
-from scheduler.registry import RedisTaskRegistry, TaskRegistry, TaskSpec
 from scheduler.taskqueue import Producer, keys
 from scheduler.taskqueue._redis import connection_errors, text
 from scheduler.taskqueue.message import format_timestamp
 from scheduler.taskqueue.scripts import Scripts
+from scheduler.tasks.registry import RedisTaskRegistry, TaskRegistry, TaskSpec
 
 log = logging.getLogger(__name__)
 

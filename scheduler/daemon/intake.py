@@ -18,18 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
-from scheduler.crawler import CrawlerClient
+from scheduler.crawler.breaker import CircuitBreaker
+from scheduler.crawler.client import CrawlerClient
+from scheduler.daemon.leases import Leases
+from scheduler.daemon.outcomes import LeavePending, Outcome, Outcomes, Retry, Skip
+from scheduler.daemon.runner import Running, TaskRunner
+from scheduler.daemon.slots import Slots
 from scheduler.errors import QueueConnectionError
-from scheduler.holdings import Holdings
-from scheduler.lifecycle import Lifecycle, RunRequest, Verdict
 from scheduler.metrics import Metrics
-from scheduler.outcomes import LeavePending, Outcome, Outcomes, Retry, Skip
-from scheduler.registry import TaskSpec
 from scheduler.taskqueue import Consumer, StreamMessage
 from scheduler.taskqueue._redis import connection_errors
-from scheduler.worker import Running, Slots, TaskRunner
+from scheduler.tasks.lifecycle import Lifecycle, RunRequest, Verdict
+from scheduler.tasks.registry import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Intake:
         settings: Settings,
         consumer: Consumer,
         lifecycle: Lifecycle,
-        holdings: Holdings,
+        leases: Leases,
         slots: Slots,
         writer: Outcomes,
         runner: TaskRunner,
@@ -56,7 +57,7 @@ class Intake:
         self.consumer = consumer
         self.lifecycle = lifecycle
         self.registry = lifecycle.registry
-        self.holdings = holdings
+        self.leases = leases
         self.slots = slots
         self.writer = writer
         self.runner = runner
@@ -111,7 +112,7 @@ class Intake:
         free = self.slots.wait_free(timeout=wait) if wait else self.slots.size - self.slots.busy
         # never negative: a batch in hand reserves slots before it is handed on, and a count below 1 is
         # no read at all (XREADGROUP refuses COUNT 0 or less)
-        return max(0, min(free, 2 * self.slots.size - len(self.holdings)))
+        return max(0, min(free, 2 * self.slots.size - len(self.leases)))
 
     def _half_open_check(self) -> bool:
         """Half-open: a health answer decides without spending a task. False: stay out this turn."""
@@ -128,7 +129,7 @@ class Intake:
         return True
 
     def _recovered(self, count: int) -> list[StreamMessage]:
-        messages = self.consumer.recover(count, held=self.holdings.ids())
+        messages = self.consumer.recover(count, held=self.leases.ids())
         self.recover = len(messages) >= count  # there may be more
         if messages:
             self.metrics.recovered.inc(len(messages))
@@ -153,7 +154,7 @@ class Intake:
         batch for the slots still free: under load the read loop costs one round-trip per batch.
         Returns the next batch, its slots reserved. On an error nothing is started twice: what was not
         handed on stays pending, and the next turn recovers it."""
-        messages, held = self.holdings.split(messages)  # an entry already held is never started twice
+        messages, held = self.leases.split(messages)  # an entry already held is never started twice
         for _ in held:
             self.slots.give()
         reading = read_more and not self._stopping.is_set() and not self.consumer.resuming
@@ -229,7 +230,7 @@ class Intake:
             if isinstance(outcome, LeavePending):  # no longer pending to this consumer: not ours to end
                 self.slots.give()
                 continue
-            self.holdings.add(running)
+            self.leases.add(running)
             if outcome is not None:
                 self.slots.give()
                 self.writer.submit(running, outcome)
@@ -243,7 +244,7 @@ class Intake:
             except RuntimeError:  # the pool is shut down: left pending for a restart
                 self.metrics.workers_busy.dec()
                 self.slots.give()
-                self.holdings.forget(running)
+                self.leases.forget(running)
 
     def _work(self, running: Running, spec: TaskSpec | None) -> None:
         outcome: Outcome = LeavePending("worker error")

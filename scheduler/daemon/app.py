@@ -25,24 +25,25 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from scheduler.breaker import CircuitBreaker
 from scheduler.config import Settings
-from scheduler.crawler import CrawlerClient
+from scheduler.crawler.breaker import CircuitBreaker
+from scheduler.crawler.client import CrawlerClient
+from scheduler.daemon.intake import BLOCK_MS, Intake
+from scheduler.daemon.leases import Leases
+from scheduler.daemon.maintenance import Maintenance
+from scheduler.daemon.outcomes import Outcomes
+from scheduler.daemon.runner import TaskRunner
+from scheduler.daemon.slots import Slots
+from scheduler.daemon.timers import Job, TimerThread
 from scheduler.errors import QueueConnectionError
-from scheduler.holdings import Holdings
-from scheduler.http import Health, StatusServer
-from scheduler.intake import BLOCK_MS, Intake
-from scheduler.lifecycle import Lifecycle
-from scheduler.maintenance import Maintenance
 from scheduler.metrics import Metrics
-from scheduler.outcomes import Outcomes
 from scheduler.results.datapath import DataPath
 from scheduler.signals import Signals
 from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import Limits
+from scheduler.tasks.lifecycle import Lifecycle
 from scheduler.tasks.mysql_store import StoreError
-from scheduler.timers import Job, TimerThread
-from scheduler.worker import Slots, TaskRunner
+from scheduler.web.status import Health, StatusServer
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,14 @@ class Daemon:
         )
         self.slots = Slots(s.worker_pool_size)
         self.handle_signals = handle_signals
-        self.holdings = Holdings(self.consumer, self.metrics, self.registry)
+        self.leases = Leases(self.consumer, self.metrics, self.registry)
         self._stopping = threading.Event()  # stop reading (and the maintenance timers)
         self._forced = threading.Event()  # give up the drain: cancel crawls, stop retrying writes
         self._halt = threading.Event()  # after the drain: stop renewing leases, stop hearing stops
-        self.writer = Outcomes(s, self.consumer, self.metrics, self.holdings, give_up=self._forced)
+        self.writer = Outcomes(s, self.consumer, self.metrics, self.leases, give_up=self._forced)
         self.runner = TaskRunner(s, self.crawler, self.breaker, self.metrics, self.lifecycle,
                                  self.data.results if self.data else None)  # fmt: skip
-        self.intake = Intake(s, self.consumer, self.lifecycle, self.holdings, self.slots, self.writer, self.runner,
+        self.intake = Intake(s, self.consumer, self.lifecycle, self.leases, self.slots, self.writer, self.runner,
                              self.crawler, self.breaker, self.metrics, self._stopping)  # fmt: skip
         self.maintenance = Maintenance(
             s,
@@ -144,7 +145,7 @@ class Daemon:
 
     def start(self) -> None:
         s = self.settings
-        from scheduler.startup import StartupError, prepare
+        from scheduler.daemon.startup import StartupError, prepare
 
         refused = self.data.check() if self.data else None
         if refused:  # a wrong MySQL password or database: one line, exit 1, nothing started
@@ -179,14 +180,14 @@ class Daemon:
         self.writer.start()
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
-        leases = Job("lease renewal", lambda: s.lease_renew_interval, self.holdings.renew)
+        renewal = Job("lease renewal", lambda: s.lease_renew_interval, self.leases.renew)
         self._maintenance_timer = TimerThread("maintenance", self.maintenance.jobs(), self._stopping)
         self._timers = [
-            TimerThread("leases", [leases], self._halt),
+            TimerThread("leases", [renewal], self._halt),
             self._maintenance_timer,
         ]
         if self.data:  # the database's work on its own timer: a slow query never delays leases or heartbeats
-            stops = Job("stopped-row backstop", lambda: s.lease_renew_interval, self.holdings.cancel_stopped)
+            stops = Job("stopped-row backstop", lambda: s.lease_renew_interval, self.leases.cancel_stopped)
             self._timers.append(TimerThread("task store", self.data.jobs(), self._stopping))
             # through the drain, as the leases: a row stopped during the grace period still ends its crawl
             self._timers.append(TimerThread("task store stops", [stops], self._halt))
@@ -194,7 +195,7 @@ class Daemon:
         for timer in self._timers:
             timer.start()
         self._control = threading.Thread(
-            target=self.holdings.listen, args=(self._halt,), name="control", daemon=True
+            target=self.leases.listen, args=(self._halt,), name="control", daemon=True
         )
         self._control.start()
         if s.metrics_port and not http_tried:
@@ -275,17 +276,17 @@ class Daemon:
         def left() -> float:
             return max(0.0, end - time.monotonic())
 
-        while self.slots.busy or self.holdings:  # crawls running, or outcomes not yet written
+        while self.slots.busy or self.leases:  # crawls running, or outcomes not yet written
             if self.slots.busy:
                 self.slots.wait_idle(0.2)
             else:
                 time.sleep(0.01)
-            if not (self.slots.busy or self.holdings):
+            if not (self.slots.busy or self.leases):
                 break
             if self._forced.is_set() or time.monotonic() >= deadline:
                 self._forced.set()  # writes stop retrying too: nothing may outlast the grace period
                 end = min(end, time.monotonic() + AFTER_GRACE_S)
-                left_pending = self.holdings.cancel_all("shutdown")
+                left_pending = self.leases.cancel_all("shutdown")
                 log.warning("grace period over: %d crawls cancelled and left pending", left_pending)
                 self.slots.wait_idle(min(2.0, left()))
                 break

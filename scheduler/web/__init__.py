@@ -1,0 +1,1 @@
+"""What the daemon serves over HTTP: Prometheus metrics and the live/ready health checks."""
