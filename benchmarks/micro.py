@@ -15,7 +15,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from benchmarks.work import request_for
 from scheduler._proto import crawler_pb2_grpc
-from scheduler.config import load_settings
+from scheduler.config.load import load_settings
 from scheduler.crawler.client import CrawlerClient
 from scheduler.crawler.mapping import build_request, item_dict
 from scheduler.errors import QueueConnectionError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from scheduler.config import load_settings
+from scheduler.config.load import load_settings
 from scheduler.daemon.app import Daemon
 
 if __name__ == "__main__":

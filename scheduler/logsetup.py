@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
 from urllib.parse import quote
 
-from scheduler.config import MASK, redact
+from scheduler.config.redaction import MASK, redact
 
 __all__ = ["JsonFormatter", "SecretFilter", "TextFormatter", "configure_logging"]
 

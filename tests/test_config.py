@@ -15,15 +15,11 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from scheduler.config import (
-    SPECS,
-    Settings,
-    example_document,
-    load_settings,
-    parse_go_dsn,
-    redact,
-    reference_markdown,
-)
+from scheduler.config.addresses import parse_go_dsn
+from scheduler.config.docs import example_document, reference_markdown
+from scheduler.config.load import load_settings
+from scheduler.config.redaction import redact
+from scheduler.config.settings import SPECS, Settings
 from scheduler.devtools.redis_server import RedisServer, find_redis_server
 from scheduler.errors import ConfigError
 

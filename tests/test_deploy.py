@@ -22,8 +22,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from scheduler.config.durations import parse_duration
 from scheduler.daemon.app import AFTER_GRACE_S
-from scheduler.durations import parse_duration
 from tests.crawler_fixtures import StubProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +209,7 @@ def test_references_between_resources_resolve(k8s: dict[str, dict[str, Any]]) ->
 def test_configmap_and_pod_env_load_with_the_daemons_loader(
     k8s: dict[str, dict[str, Any]], scheduler_pod: dict[str, Any], tmp_path: Path
 ) -> None:
-    config = pytest.importorskip("scheduler.config")
+    config = pytest.importorskip("scheduler.config.load")
     config_file = tmp_path / "config.json"
     config_file.write_text(k8s["ConfigMap/goodshunter-scheduler-config"]["data"]["config.json"])
     env = {name: e["value"] for name, e in env_of(container(scheduler_pod)).items() if "value" in e}
@@ -376,7 +376,7 @@ def test_compose_wiring(compose: dict[str, Any]) -> None:
 def test_compose_env_loads_with_the_daemons_loader(
     compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = pytest.importorskip("scheduler.config")
+    config = pytest.importorskip("scheduler.config.load")
     monkeypatch.chdir(tmp_path)  # no configs/config.json: compose configures by environment alone
     settings = config.load_settings(None, env=compose["services"]["scheduler-1"]["environment"])
     assert settings.crawler_grpc_addr == "crawler:50051" and settings.redis_addr == "redis:6379"
@@ -456,7 +456,7 @@ def test_unit_facts() -> None:
 
 
 def test_systemd_config_and_env_example_load_with_the_daemons_loader() -> None:
-    config = pytest.importorskip("scheduler.config")
+    config = pytest.importorskip("scheduler.config.load")
     settings = config.load_settings(str(DEPLOY / "systemd" / "config.json"), env=read_env_file(ENV_EXAMPLE))
     assert settings.shutdown_grace == DEFAULT_GRACE_S and settings.redis_password is not None
     exec_start = unit_settings(UNIT.read_text())["Service.ExecStart"][-1].split()

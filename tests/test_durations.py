@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.durations import (
+from scheduler.config.durations import (
     HOUR,
     MICROSECOND,
     MILLISECOND,

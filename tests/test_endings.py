@@ -132,7 +132,7 @@ def test_an_entry_no_one_holds_any_more_frees_its_lock_when_its_holder_ends_it(r
 
 
 def test_the_sweep_deletes_only_locks_that_name_no_live_run(r: redis.Redis) -> None:
-    from scheduler.config import load_settings
+    from scheduler.config.load import load_settings
     from scheduler.tasks.lifecycle import Lifecycle
 
     _, [held, gone] = read_all(r, "c", [12, 13])

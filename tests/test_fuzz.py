@@ -22,7 +22,8 @@ import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from scheduler.config import GO_ONLY_APP_KEYS, SPECS, Settings, load_settings
+from scheduler.config.load import GO_ONLY_APP_KEYS, load_settings
+from scheduler.config.settings import SPECS, Settings
 from scheduler.errors import ConfigError, InvalidMessageError, SchedulerError
 from scheduler.taskqueue import Consumer, StreamMessage, TaskMessage, decode
 from scheduler.taskqueue.message import ACTIONS, MAX_SOURCE_LEN, RETRY_MAX, TASK_ID_MAX

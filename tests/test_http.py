@@ -21,7 +21,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from crawler_stub import CrawlerStub
-from scheduler.config import Settings, load_settings
+from scheduler.config.load import load_settings
+from scheduler.config.settings import Settings
 from scheduler.daemon.app import Daemon
 from scheduler.daemon.timers import read_heartbeat
 from scheduler.devtools.redis_server import RedisServer, free_port

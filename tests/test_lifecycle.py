@@ -5,7 +5,8 @@ import time
 import pytest
 import redis
 
-from scheduler.config import Settings, load_settings
+from scheduler.config.load import load_settings
+from scheduler.config.settings import Settings
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Consumer, Producer, StreamMessage, TaskMessage, keys
 from scheduler.taskqueue.message import entry_stamp

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.config import load_settings
+from scheduler.config.load import load_settings
 from scheduler.logsetup import configure_logging
 
 SECRET = "s3cr3t-P@ss"

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from crawler_stub import CrawlerStub
-from scheduler.config import load_settings
+from scheduler.config.load import load_settings
 from scheduler.daemon.app import Daemon
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.errors import QueueConnectionError

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from crawler_stub import CrawlerStub
-from scheduler.config import Settings, load_settings
+from scheduler.config.load import load_settings
+from scheduler.config.settings import Settings
 from scheduler.daemon.app import Daemon
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Consumer, Producer, TaskMessage, keys

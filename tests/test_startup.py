@@ -23,7 +23,8 @@ import redis
 
 from scheduler.cli.common import CliError
 from scheduler.cli.run_cmd import start_and_run
-from scheduler.config import Settings, load_settings
+from scheduler.config.load import load_settings
+from scheduler.config.settings import Settings
 from scheduler.daemon import startup
 from scheduler.daemon.app import Daemon
 from scheduler.daemon.startup import StartupError, prepare, process_identity, process_start

@@ -10,7 +10,8 @@ from typing import Any
 
 import redis
 
-from scheduler.config import Settings, load_settings
+from scheduler.config.load import load_settings
+from scheduler.config.settings import Settings
 from scheduler.errors import ConfigError, InvalidTaskError, QueueConnectionError, SchedulerError
 from scheduler.taskqueue import Consumer
 

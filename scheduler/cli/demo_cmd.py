@@ -24,8 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from scheduler.cli.common import EXIT_FAIL, EXIT_OK, CliError, Subparsers
+from scheduler.config.durations import parse_duration
 from scheduler.devtools.demo import MAX_TASKS, DemoSystem, Interrupted, Tracker, sample_specs, samples
-from scheduler.durations import parse_duration
 from scheduler.errors import SchedulerError
 from scheduler.signals import Signals
 

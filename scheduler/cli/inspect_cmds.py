@@ -31,7 +31,8 @@ from scheduler.cli.common import (
     print_json,
     settings_from,
 )
-from scheduler.config import Settings, compact_duration
+from scheduler.config.kinds import compact_duration
+from scheduler.config.settings import Settings
 from scheduler.daemon.timers import read_heartbeat
 from scheduler.errors import InvalidMessageError
 from scheduler.taskqueue import decode, keys

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from scheduler.cli.common import EXIT_OK, CliError, Subparsers, add_config_option, settings_from
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.daemon.startup import StartupError
 from scheduler.logsetup import configure_logging
 

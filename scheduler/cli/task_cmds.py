@@ -25,8 +25,8 @@ from scheduler.cli.common import (
     settings_from,
     task_id_arg,
 )
-from scheduler.config import Settings
-from scheduler.durations import format_duration, parse_duration
+from scheduler.config.durations import format_duration, parse_duration
+from scheduler.config.settings import Settings
 from scheduler.errors import InvalidTaskError
 from scheduler.taskqueue import Producer, keys
 from scheduler.tasks.lifecycle import Lifecycle

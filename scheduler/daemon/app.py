@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.intake import BLOCK_MS, Intake

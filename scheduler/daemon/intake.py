@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.leases import Leases

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.startup import held, release_unclaimed  # the consumer name claimed at start-up

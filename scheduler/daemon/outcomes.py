@@ -28,7 +28,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.errors import CrawlerError, QueueConnectionError
 from scheduler.metrics import Metrics
 from scheduler.taskqueue import Consumer

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CancelToken, CrawlerClient, FetchOutcome
 from scheduler.crawler.mapping import build_request, item_dict

@@ -40,7 +40,7 @@ from typing import Literal
 import redis
 from redis.exceptions import NoPermissionError
 
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.daemon.timers import heartbeat_payload, read_heartbeat
 from scheduler.errors import SchedulerError
 from scheduler.taskqueue import keys

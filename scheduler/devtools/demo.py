@@ -28,7 +28,9 @@ from typing import Final, Literal
 
 import redis
 
-from scheduler.config import Settings, compact_duration, load_settings
+from scheduler.config.kinds import compact_duration
+from scheduler.config.load import load_settings
+from scheduler.config.settings import Settings
 from scheduler.daemon.timers import read_heartbeat
 from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.errors import InvalidMessageError, SchedulerError

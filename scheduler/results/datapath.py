@@ -8,7 +8,8 @@ import threading
 
 import redis
 
-from scheduler.config import Settings, parse_go_dsn
+from scheduler.config.addresses import parse_go_dsn
+from scheduler.config.settings import Settings
 from scheduler.daemon.timers import Job
 from scheduler.metrics import Metrics
 from scheduler.results.goodshunter import GoodsHunterResults

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import redis
 
-from scheduler.config import Settings
+from scheduler.config.settings import Settings
 from scheduler.taskqueue import Producer, keys
 from scheduler.taskqueue._redis import connection_errors, text
 from scheduler.taskqueue.message import format_timestamp

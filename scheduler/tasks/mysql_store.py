@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pymysql
 import pymysql.cursors
 
-from scheduler.config import MysqlTarget
+from scheduler.config.addresses import MysqlTarget
 from scheduler.errors import InvalidTaskError, SchedulerError
 from scheduler.tasks.registry import Platform, SortBy, SortOrder, Status, TaskSpec
 

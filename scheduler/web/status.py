@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 if TYPE_CHECKING:
-    from scheduler.config import Settings
+    from scheduler.config.settings import Settings
     from scheduler.crawler.breaker import CircuitBreaker
     from scheduler.crawler.client import CrawlerClient
 

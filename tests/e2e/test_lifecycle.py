@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from scheduler.config import load_settings
+from scheduler.config.load import load_settings
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.tasks.lifecycle import Lifecycle
 from scheduler.tasks.registry import TaskSpec

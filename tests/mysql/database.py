@@ -18,7 +18,7 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
-from scheduler.config import MysqlTarget, parse_go_dsn
+from scheduler.config.addresses import MysqlTarget, parse_go_dsn
 
 SCHEMA = Path(__file__).with_name("goodshunter_schema.sql")
 DEFAULT_SERVER = "root@tcp(127.0.0.1:3306)/mysql"

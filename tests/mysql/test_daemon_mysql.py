@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from crawler_stub import CrawlerStub
-from scheduler.config import load_settings
+from scheduler.config.load import load_settings
 from scheduler.daemon.app import Daemon
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Producer, keys

@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from scheduler._proto import crawler_pb2
-from scheduler.config import load_settings, parse_go_dsn
+from scheduler.config.addresses import parse_go_dsn
+from scheduler.config.load import load_settings
 from scheduler.errors import InvalidTaskError
 from scheduler.results.goodshunter import GoodsHunterResults
 from scheduler.taskqueue import keys
@@ -347,7 +348,7 @@ def test_a_refused_redis_write_is_a_response_error_the_runner_retries_with_back_
 ) -> None:
     """WRONGTYPE (a leftover key of another type), OOM...: not a lost connection, so not 'recover at once'
     (a hot loop that never reaches max_retry); the runner turns it into a counted, backed-off retry."""
-    from scheduler.config import load_settings as settings_of
+    from scheduler.config.load import load_settings as settings_of
     from scheduler.daemon.outcomes import Retry
     from scheduler.daemon.runner import TaskRunner
 
@@ -435,7 +436,7 @@ def test_loc_local_follows_daylight_saving_on_the_values_date(db: Database) -> N
 
 
 def test_a_stop_while_the_database_is_away_applies_and_never_raises(r: redis.Redis) -> None:
-    from scheduler.config import MysqlTarget
+    from scheduler.config.addresses import MysqlTarget
     from scheduler.daemon.outcomes import Skip
     from scheduler.daemon.runner import Running, TaskRunner
     from scheduler.metrics import Metrics
