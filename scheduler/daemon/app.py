@@ -1,16 +1,16 @@
 """The scheduler daemon: consumer group → worker pool → crawler gRPC → ack / requeue / dead-letter.
 
-The main thread runs the read loop. It reads only as many entries as there are free workers (no queue of
-claimed-but-unstarted work that a crash or a reclaim would duplicate), blocks in XREADGROUP (so a new
-task starts within milliseconds), and stops reading while the crawler's circuit is open. Each batch is
-classified in one round-trip (specs and run claims): skips and duplicates are acknowledged at once, only
-real crawls reach the workers. Successes are recorded in batches by the OutcomeWriter.
+This module is the wiring and the order of start and shutdown; the work is elsewhere in this package. The
+main thread runs the read loop (``intake``). Workers run crawls to outcome values (``runner``); every
+ending goes through one writer (``outcomes``: one ``end.lua`` call per batch). Threads beside them:
+``leases`` renews the leases of held entries and cancels crawls of stopped tasks, ``control`` hears stops
+from other daemons, ``maintenance`` runs the shared timers, ``task store`` the database's jobs when
+``app.task_store = mysql``. Lifecycle: ``Daemon(settings)`` stores; ``start()`` connects; ``run()`` loops
+until ``request_stop()`` (or SIGTERM/SIGINT with ``handle_signals``), then drains within
+``shutdown_grace`` while leases are still renewed, and closes within ``AFTER_GRACE_S`` more. A second
+signal forces: crawls are cancelled and left pending.
 
-Threads beside it: ``leases`` renews the leases of held entries and cancels crawls of stopped tasks,
-``control`` hears stops from other daemons, ``maintenance`` runs the shared timers, ``outcomes`` records
-successes. Lifecycle: ``Daemon(settings)`` stores; ``start()`` connects; ``run()`` loops until
-``request_stop()`` (or SIGTERM/SIGINT with ``handle_signals``), then drains within ``shutdown_grace`` while
-leases are still renewed, and closes. A second signal forces: crawls are cancelled and left pending.
+(Over 300 lines on purpose: the wiring and the shutdown order read best as one sequence in one file.)
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.leases import Leases
-from scheduler.daemon.outcomes import LeavePending, Outcome, Outcomes, Retry, Skip
+from scheduler.daemon.outcomes import LeavePending, Outcome, Outcomes
+from scheduler.daemon.routing import route
 from scheduler.daemon.runner import Running, TaskRunner
 from scheduler.daemon.slots import Slots
 from scheduler.errors import QueueConnectionError
@@ -35,7 +36,6 @@ from scheduler.tasks.registry import TaskSpec
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000  # XREADGROUP BLOCK: bounds how long a stop request waits for the read loop
-DEFER_S = 1.0  # a re-enable waiting for the stopped task's previous run to end looks again this often
 
 
 class Intake:
@@ -225,7 +225,7 @@ class Intake:
         assert self.executor is not None
         for msg in messages:
             spec = specs.get(msg.message.task_id)
-            outcome = _route(msg, spec, verdicts.get(msg.id), self.registry.owns_status)
+            outcome = route(msg, spec, verdicts.get(msg.id), self.registry.owns_status)
             running = Running(msg, probe=probe, started_ms=locked_ms)
             if isinstance(outcome, LeavePending):  # no longer pending to this consumer: not ours to end
                 self.slots.give()
@@ -275,37 +275,3 @@ class Intake:
             self._advance(batch, read_more=False)
         except Exception as exc:  # _advance has given their slots back already
             log.warning("%d entries read before the stop left pending (%s)", len(batch), exc)
-
-
-def _route(
-    msg: StreamMessage, spec: TaskSpec | None, verdict: Verdict | None, owns_status: bool = True
-) -> Outcome | None:
-    """What the read loop does with a message: None hands it to a worker (a crawl, or a stop). With a
-    store that does not let the daemon change statuses (MySQL: the API re-enables a task by writing its
-    row), a stopped task is never crawled."""
-    if msg.message.action == "stop":
-        return None
-    if verdict == "gone":
-        return LeavePending("no longer pending to this consumer")
-    if spec is None:
-        return Skip("skipped")
-    if spec.status == "stopped":
-        if not owns_status or not _restarts(msg, spec):
-            return Skip("skipped")
-        if verdict == "duplicate":
-            # a re-enable behind a run of the stopped task (queued before the stop, or a crawl the stop
-            # is cancelling): acked as a duplicate it would be lost; it comes back once that run is over
-            return Retry(DEFER_S, False, "", "DEFERRED", 0.0)
-    if verdict in ("duplicate", "satisfied"):
-        return Skip("duplicate")
-    return None
-
-
-def _restarts(msg: StreamMessage, spec: TaskSpec) -> bool:
-    """A user's execute made after the task was stopped starts it again (a re-enabled task). One made
-    before the stop (a retry keeps its first request's time), or a replayed dead letter of an older
-    request, does not. Both times are Redis' clock."""
-    task = msg.message
-    if task.source != "user_create" or (task.retry and not task.origin):  # a retry of unknown age: no
-        return False
-    return task.requested_at(msg.id) > spec.status_stamp
