@@ -29,7 +29,6 @@ CA_FILE = "<a file that exists>"
 # name -> (value in config.json, value in the environment, the resulting attribute).
 # Every value differs from the default, so the test proves the key or variable was read.
 SAMPLES: dict[str, tuple[object, str, object]] = {
-    "enable_redis_queue": (False, "no", False),
     "task_queue_stream": ("gh:tasks", "gh:tasks", "gh:tasks"),
     "task_queue_group": ("g2", "g2", "g2"),
     "consumer_name": ("worker-7", "worker-7", "worker-7"),
@@ -199,7 +198,6 @@ def test_environment_variable_names_follow_the_keys() -> None:
 
 def test_defaults() -> None:
     settings = load_settings(env={})
-    assert settings.enable_redis_queue is True
     assert settings.task_queue_stream == "goodshunter:task:queue"
     assert settings.task_queue_group == "scheduler_group"
     assert settings.crawler_grpc_addr == "localhost:50051"
@@ -295,6 +293,16 @@ def test_original_go_config_loads(tmp_path: Path) -> None:
     assert (settings.redis_addr, settings.redis_password) == ("redis:6379", None)
 
 
+@pytest.mark.parametrize("value", [True, False, "yes", None])
+def test_enable_redis_queue_of_a_shared_config_is_ignored(tmp_path: Path, value: object) -> None:
+    """The Go API's publish switch: a shared config.json that has it loads, whatever its value, and
+    neither it nor APP_ENABLE_REDIS_QUEUE changes a setting (the daemon always consumes the stream)."""
+    path = write_config(tmp_path, {"app": {"enable_redis_queue": value, "worker_pool_size": 7}})
+    settings = load_settings(path, env={"APP_ENABLE_REDIS_QUEUE": "maybe"})
+    assert settings == dataclasses.replace(Settings(), worker_pool_size=7)
+    assert not hasattr(settings, "enable_redis_queue")
+
+
 # --- the file itself ------------------------------------------------------------------------------------
 
 
@@ -342,7 +350,6 @@ def test_null_sections_and_bom_are_accepted(tmp_path: Path) -> None:
 # --- bad values -----------------------------------------------------------------------------------------
 
 BAD_VALUES = [
-    ("enable_redis_queue", "maybe", "must be true or false"),
     ("crawler_tls", "2", "must be true or false"),
     ("task_queue_stream", "has space", "must be non-empty text without spaces"),
     ("task_queue_group", "a b", "without spaces"),
@@ -433,9 +440,9 @@ def test_bad_file_value_names_key_and_file(name: str, text: str, expected: str, 
         ("worker_pool_size", "8", None),  # a number in a string is still a number
         ("worker_pool_size", 8.0, "must be an integer"),
         ("worker_pool_size", True, "must be an integer"),
-        ("enable_redis_queue", 1, None),
-        ("enable_redis_queue", 2, "must be true or false"),
-        ("enable_redis_queue", None, "must be true or false"),
+        ("crawler_tls", 1, None),
+        ("crawler_tls", 2, "must be true or false"),
+        ("crawler_tls", None, "must be true or false"),
         ("schedule_interval", 300, 'must be a Go duration string such as "5m"'),
         ("task_queue_stream", 5, "must be non-empty text"),
         ("log_level", ["info"], "must be one of"),
@@ -603,7 +610,7 @@ def test_configuration_doc_has_the_current_table() -> None:
     doc = (ROOT / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
     assert reference_markdown() in doc, (
         "docs/CONFIGURATION.md is out of date; paste the output of "
-        "python -c 'from scheduler.config import reference_markdown as r; print(r())'"
+        "python -c 'from scheduler.config.docs import reference_markdown as r; print(r())'"
     )
 
 

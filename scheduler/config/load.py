@@ -21,6 +21,7 @@ GO_ONLY_APP_KEYS: Final = frozenset(
         "env", "http_addr", "new_item_duration", "guest_idle_timeout", "guest_heartbeat",
         "max_tasks_per_user", "queue_capacity", "queue_batch_size", "jwt_secret",
         "rate_limit", "rate_burst", "dedup_window", "proxy_cooldown", "max_tasks",
+        "enable_redis_queue",  # the Go API's switch for publishing tasks; the daemon always consumes
     }
 )  # fmt: skip
 

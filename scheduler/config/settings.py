@@ -84,9 +84,6 @@ def _email(default: T, kind: Kind, doc: str) -> T:
 class Settings:
     """The effective settings. Durations are float seconds. Build with ``load_settings()``."""
 
-    enable_redis_queue: bool = _app(
-        True, Boolean(), "Use the Redis stream task queue (the Go API publishes to it only when true)."
-    )
     task_queue_stream: str = _app(
         keys.DEFAULT_STREAM,
         Name(),

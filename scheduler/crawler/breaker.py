@@ -53,11 +53,6 @@ class CircuitBreaker:
         self._notify(changes)
         return state
 
-    @property
-    def consecutive_failures(self) -> int:
-        with self._lock:
-            return self._failures
-
     def allow(self) -> bool:
         """May a call go out now? In half_open, True for exactly one caller (the probe)."""
         with self._lock:

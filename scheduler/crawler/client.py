@@ -109,8 +109,6 @@ class CancelToken:
 class FetchOutcome:
     response: crawler_pb2.FetchResponse
     attempts: int  # calls made, 1 … attempts
-    code: str  # status name of the last call: "OK"
-    elapsed_s: float  # the whole fetch, back-off included
 
     @property
     def no_items(self) -> bool:
@@ -215,15 +213,12 @@ class CrawlerClient:
         token = cancel or CancelToken()
         self._local.token = token
         self._keep_warm()
-        started = time.monotonic()
         calls = 0
         for attempt in self._retrying:
             with attempt:
                 calls += 1
                 response = self._call_once(stub, request, token)
-        return FetchOutcome(
-            response=response, attempts=calls, code="OK", elapsed_s=time.monotonic() - started
-        )
+        return FetchOutcome(response=response, attempts=calls)
 
     def _sleep(self, seconds: float) -> None:
         """tenacity's back-off sleep: ends early, raising, when the thread's fetch is cancelled."""
