@@ -16,11 +16,13 @@ import pytest
 import redis
 
 from scheduler.devtools.redis_server import free_port
-from scheduler.results.notify import Mailer, MailSettings, render, smtp_connect
+from scheduler.results.mail_render import render
+from scheduler.results.mailer import Mailer
+from scheduler.results.smtp_send import MailSettings, smtp_connect
 from tests.smtp_sink import SmtpSink
 
 OUTBOX = "gh:outbox"
-LOGGER = "scheduler.results.notify"
+LOGGER = "scheduler.results.mailer"
 SECRET = "hunter2-s3cret-pass"
 
 

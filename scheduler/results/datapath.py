@@ -13,7 +13,8 @@ from scheduler.config.settings import Settings
 from scheduler.daemon.timers import Job
 from scheduler.metrics import Metrics
 from scheduler.results.goodshunter import GoodsHunterResults
-from scheduler.results.notify import Mailer, MailSettings
+from scheduler.results.mailer import Mailer
+from scheduler.results.smtp_send import MailSettings
 from scheduler.taskqueue import keys
 from scheduler.taskqueue.scripts import Scripts
 from scheduler.tasks.mysql_store import MysqlPool, MysqlTaskStore, StoreError
