@@ -28,6 +28,7 @@ from redis.retry import Retry
 from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
+from scheduler.daemon.datapath import DataPath
 from scheduler.daemon.intake import BLOCK_MS, Intake
 from scheduler.daemon.leases import Leases
 from scheduler.daemon.maintenance import Maintenance
@@ -37,7 +38,6 @@ from scheduler.daemon.slots import Slots
 from scheduler.daemon.timers import Job, TimerThread
 from scheduler.errors import QueueConnectionError
 from scheduler.metrics import Metrics
-from scheduler.results.datapath import DataPath
 from scheduler.signals import Signals
 from scheduler.taskqueue import Consumer
 from scheduler.taskqueue.endings import Limits

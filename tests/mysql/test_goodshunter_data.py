@@ -241,8 +241,8 @@ def test_a_sync_on_a_stale_read_never_removes_what_another_sync_added(
 
 def refusal(dsn: str) -> str | None:
     """What start-up says of this DSN (None: it may start)."""
+    from scheduler.daemon.datapath import DataPath
     from scheduler.metrics import Metrics
-    from scheduler.results.datapath import DataPath
 
     settings = load_settings(env={"APP_TASK_STORE": "mysql", "APP_METRICS_PORT": "0", "MYSQL_DSN": dsn})
     return DataPath(settings, redis.Redis(), Metrics()).check()

@@ -1,4 +1,4 @@
-"""The GoodsHunter data path as one part of the daemon (``app.task_store = mysql``): the MySQL task store,
+"""The GoodsHunter data path wired into the daemon (``app.task_store = mysql``): the MySQL task store,
 what a crawl writes, the schedule sync and, with ``email.smtp_host``, the mailer thread."""
 
 from __future__ import annotations
