@@ -539,17 +539,18 @@ def test_an_unknown_key_with_a_newline_still_gives_one_line(tmp_path: Path) -> N
 def test_fuzz_generators_make_poison_and_the_log_check_finds_a_payload() -> None:
     import random
 
-    from scheduler.chaos import fuzz
+    from scheduler.chaos.fuzz_checks import log_blob_text, payloads_in_log
+    from scheduler.chaos.fuzz_entries import bad_entry, good_entry, is_poison
 
     rng = random.Random(3)
     base = TaskMessage.new(9, "execute", "user_create").encode().encode()
-    entries = [fuzz.bad_entry(rng, base) for _ in range(300)]
-    assert sum(fuzz._is_poison(f) for f in entries) >= 270  # the rare valid mutation is never sent
-    assert not any(fuzz._is_poison(fuzz.good_entry(rng, t)) for t in range(1, 200))
+    entries = [bad_entry(rng, base) for _ in range(300)]
+    assert sum(is_poison(f) for f in entries) >= 270  # the rare valid mutation is never sent
+    assert not any(is_poison(good_entry(rng, t)) for t in range(1, 200))
     payload = b'{"task_id":1,"action":"' + "é".encode() * 300 + b'"}'
     line = json.dumps({"msg": "x", "data": payload.decode()})  # JSON logs escape non-ASCII
-    assert fuzz._payloads_in_log(fuzz._log_blob_text(line), [payload]) == 1
-    assert fuzz._payloads_in_log(fuzz._log_blob_text(line[:150]), [payload]) == 0
+    assert payloads_in_log(log_blob_text(line), [payload]) == 1
+    assert payloads_in_log(log_blob_text(line[:150]), [payload]) == 0
 
 
 @pytest.mark.slow
