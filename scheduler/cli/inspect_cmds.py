@@ -1,7 +1,8 @@
 """``stats``, ``pending``, ``dlq list|replay|purge`` and ``check``: looking at the queue, and repairing it.
 
 Each command shows what ``redis-cli`` would (XLEN, XINFO, XPENDING...) decoded with the package's own
-readers, so nobody parses entry ids or JSON by hand. The one write that matters, ``dlq replay``, is a Lua
+readers, so nobody parses entry ids or JSON by hand; the reads are ``scheduler.inspect``'s, this module
+parses arguments and renders their answers. The one write that matters, ``dlq replay``, is a Lua
 script per dead letter: the new entry and the removal of the dead letter happen together or not at all.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -33,15 +34,16 @@ from scheduler.cli.common import (
 )
 from scheduler.config.kinds import compact_duration
 from scheduler.config.settings import Settings
-from scheduler.daemon.timers import read_heartbeat
 from scheduler.errors import InvalidMessageError
+from scheduler.inspect.daemons import heartbeat_of
+from scheduler.inspect.deadletters import DeadLetter, dead_letters, every_dead_letter, named_dead_letters
+from scheduler.inspect.pending import PendingEntry, pending_entries
+from scheduler.inspect.queue import queue_stats
 from scheduler.taskqueue import decode, keys
 from scheduler.taskqueue._redis import text
 from scheduler.taskqueue.scripts import Scripts
 
-Entry = tuple[str, dict[bytes, bytes]]
 ENTRY_ID = re.compile(r"[0-9]+-[0-9]+")
-BATCH = 100
 
 
 def register(sub: Subparsers) -> None:
@@ -115,22 +117,11 @@ def show_table(columns: Sequence[str], rows: list[list[str]], *, whole: Sequence
     Console().print(table)
 
 
-def xrange(client: redis.Redis, key: str, start: str, end: str, count: int | None = None) -> list[Entry]:
-    return [
-        (text(i), f)
-        for i, f in cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key, start, end, count))
-    ]
-
-
-def describe_payload(raw: bytes | None, settings: Settings, missing: str) -> dict[str, Any]:
-    """task_id, action and retry of a payload; ``problem`` says why they are None (never the payload)."""
-    if raw is None:
-        return {"task_id": None, "action": None, "retry": None, "problem": missing}
-    try:
-        msg = decode(raw, settings.max_entry_bytes)
-    except InvalidMessageError as exc:
-        return {"task_id": None, "action": None, "retry": None, "problem": f"invalid: {exc.reason}"}
-    return {"task_id": msg.task_id, "action": msg.action, "retry": msg.retry, "problem": None}
+def flat(entry: PendingEntry | DeadLetter) -> dict[str, Any]:
+    """An entry as ``--json`` shows it: its payload's fields beside its own."""
+    out = asdict(entry)
+    out.update(out.pop("payload"))
+    return out
 
 
 # -- stats ------------------------------------------------------------------------------------------------
@@ -138,102 +129,46 @@ def describe_payload(raw: bytes | None, settings: Settings, missing: str) -> dic
 
 @connected
 def stats(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
-    found = collect_stats(settings, client)
+    found = queue_stats(client, settings.task_queue_stream, settings.task_queue_group)
     if args.json:
-        print_json(found)
+        print_json(
+            {
+                "redis": settings.redis_target(),
+                **asdict(found),
+                "daemons": [d.as_dict() for d in found.daemons],
+            }
+        )
         return EXIT_OK
     missing = "  (does not exist yet)"
-    age, lag = found["oldest_pending_age_s"], found["lag"]
+    age, lag = found.oldest_pending_age_s, found.lag
     rows = [
-        ("redis", found["redis"]),
-        ("stream", found["stream"] + ("" if found["stream_exists"] else missing)),
-        ("group", found["group"] + ("" if found["group_exists"] else missing)),
-        ("entries (XLEN)", found["length"]),
-        ("pending (delivered, not acked)", found["pending"]),
-        ("lag (not yet delivered)", "unknown" if lag is None and found["group_exists"] else lag or 0),
-        ("oldest pending", f"{found['oldest_pending_id']} ({ago(age)} ago)" if age is not None else "-"),
-        ("delayed retries", found["delayed_retries"]),
-        ("dead letters", found["dead_letters"]),
-        ("results", found["results"]),
-        ("periodic tasks scheduled", found["scheduled_tasks"]),
+        ("redis", settings.redis_target()),
+        ("stream", found.stream + ("" if found.stream_exists else missing)),
+        ("group", found.group + ("" if found.group_exists else missing)),
+        ("entries (XLEN)", found.length),
+        ("pending (delivered, not acked)", found.pending),
+        ("lag (not yet delivered)", "unknown" if lag is None and found.group_exists else lag or 0),
+        ("oldest pending", f"{found.oldest_pending_id} ({ago(age)} ago)" if age is not None else "-"),
+        ("delayed retries", found.delayed_retries),
+        ("dead letters", found.dead_letters),
+        ("results", found.results),
+        ("periodic tasks scheduled", found.scheduled_tasks),
     ]
     show_table(("", ""), [[label, str(value)] for label, value in rows], whole=("",))
-    if found["consumers"]:
-        rows_c = [[c["name"], str(c["pending"]), ago(c["idle_s"])] for c in found["consumers"]]
-        show_table(("consumer", "pending", "idle"), rows_c)
-    if not found["daemons"]:
+    if found.consumers:
+        show_table(
+            ("consumer", "pending", "idle"),
+            [[c.name, str(c.pending), ago(c.idle_s)] for c in found.consumers],
+        )
+    if not found.daemons:
         print("no live daemons (no fresh heartbeat)")
         return EXIT_OK
     show_table(
         ("daemon", "host", "pid", "heartbeat", "busy", "circuit"),
-        [[d["consumer"], str(d.get("host")), str(d.get("pid")), f"{ago(d['age_s'])} ago",
-          f"{d.get('busy')}/{d.get('workers')}", str(d.get("circuit"))] for d in found["daemons"]],
+        [[d.consumer, str(d.get("host")), str(d.get("pid")), f"{ago(d.age_s)} ago",
+          f"{d.get('busy')}/{d.get('workers')}", str(d.get("circuit"))] for d in found.daemons],
     )  # fmt: skip
     return EXIT_OK
-
-
-def collect_stats(settings: Settings, client: redis.Redis) -> dict[str, Any]:
-    stream, group = settings.task_queue_stream, settings.task_queue_group
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.exists(stream)
-    pipe.xlen(stream)
-    pipe.zcard(keys.delayed_set(stream))
-    pipe.zcard(keys.schedule_set(stream))
-    pipe.xlen(keys.dlq_stream(stream))
-    pipe.xlen(keys.results_stream(stream))
-    (secs, micros), exists, length, delayed, scheduled, dead, results = pipe.execute()
-    now_ms = secs * 1000 + micros // 1000  # entry ids carry Redis' clock, so pending ages use it too
-    found: dict[str, Any] = {
-        "redis": settings.redis_target(), "stream": stream, "group": group,
-        "stream_exists": bool(exists), "group_exists": False, "length": length, "pending": 0, "lag": None,
-        "last_delivered_id": None, "oldest_pending_id": None, "oldest_pending_age_s": None,
-        "delayed_retries": delayed, "dead_letters": dead, "results": results, "scheduled_tasks": scheduled,
-        "consumers": [], "daemons": live_daemons(client, stream, group),
-    }  # fmt: skip
-    try:
-        groups = client.xinfo_groups(stream) if exists else []
-        info = next((g for g in groups if text(g["name"]) == group), None)
-        if info is None:
-            return found
-        summary = client.xpending(stream, group)
-        consumers = client.xinfo_consumers(stream, group)
-    except redis.ResponseError as exc:  # the stream or group vanished between two commands
-        if "no such key" in str(exc) or "NOGROUP" in str(exc):
-            return found
-        raise
-    oldest = text(summary["min"]) if summary["min"] else None
-    lag = info.get("lag")
-    if lag is None:  # Redis 6.2 has no lag; 7.x says nil after some deletions: count what is left
-        lag = len(
-            client.xrange(stream, f"({text(info['last-delivered-id'])}", "+", count=LAG_COUNT_CAP) or []
-        )
-    found.update(
-        group_exists=True, pending=int(summary["pending"]), lag=lag,
-        last_delivered_id=text(info["last-delivered-id"]), oldest_pending_id=oldest,
-        oldest_pending_age_s=max(0, now_ms - int(oldest.split("-")[0])) / 1000 if oldest else None,
-        consumers=[{"name": text(c["name"]), "pending": int(c["pending"]), "idle_s": int(c["idle"]) / 1000}
-                   for c in consumers],
-    )  # fmt: skip
-    return found
-
-
-LAG_COUNT_CAP = 100_000  # counting past this is slow and tells an operator nothing more
-
-
-def live_daemons(client: redis.Redis, stream: str, group: str) -> list[dict[str, Any]]:
-    """Daemons by their heartbeat keys (each expires three intervals after its daemon stops)."""
-    prefix = keys.heartbeat_key(stream, group, "")
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"  # a glob character in a name is literal
-    names = sorted(cast(list[bytes], list(client.scan_iter(match=pattern, count=1000))))
-    daemons = []
-    for name, raw in zip(names, client.mget(names) if names else [], strict=True):
-        beat = read_heartbeat(raw)
-        if beat is not None:
-            ts = beat.get("ts")
-            age = time.time() - ts if isinstance(ts, int | float) else None
-            daemons.append({**beat, "consumer": text(name).removeprefix(prefix), "age_s": age})
-    return daemons
 
 
 # -- pending ----------------------------------------------------------------------------------------------
@@ -242,26 +177,8 @@ def live_daemons(client: redis.Redis, stream: str, group: str) -> list[dict[str,
 @connected
 def pending(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
     stream, group = settings.task_queue_stream, settings.task_queue_group
-    try:
-        total = int(client.xpending(stream, group)["pending"])
-        rows = cast(
-            list[dict[str, Any]], client.xpending_range(stream, group, "-", "+", args.count) if total else []
-        )
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        total, rows = 0, []
-    pipe = client.pipeline(transaction=False)
-    for row in rows:
-        pipe.xrange(stream, row["message_id"], row["message_id"])
-    out = []
-    for row, found in zip(rows, pipe.execute() if rows else [], strict=True):
-        data = found[0][1].get(b"data") if found else None
-        out.append(
-            {"id": text(row["message_id"]), "consumer": text(row["consumer"]),
-             "idle_s": row["time_since_delivered"] / 1000, "deliveries": row["times_delivered"],
-             **describe_payload(data, settings, "trimmed")}
-        )  # fmt: skip
+    found = pending_entries(client, stream, group, args.count, settings.max_entry_bytes)
+    total, out = found.total, [flat(e) for e in found.entries]
     if args.json:
         print_json({"total": total, "entries": out})
     elif not out:
@@ -283,13 +200,9 @@ def pending(args: argparse.Namespace, settings: Settings, client: redis.Redis) -
 @connected
 def dlq_list(args: argparse.Namespace, settings: Settings, client: redis.Redis) -> int:
     dlq = keys.dlq_stream(settings.task_queue_stream)
-    total = int(client.xlen(dlq))
-    out = []
-    for entry, fields in xrange(client, dlq, "-", "+", args.count):
-        described = describe_payload(fields.get(b"payload"), settings, "no payload")
-        field = {name: fields.get(name.encode(), b"").decode("utf-8", "replace")
-                 for name in ("original_id", "reason", "failed_at")}  # fmt: skip
-        out.append({"id": entry, **field, **described, "replayable": described["problem"] is None})
+    found = dead_letters(client, settings.task_queue_stream, args.count, settings.max_entry_bytes)
+    total = found.total
+    out = [{**flat(e), "replayable": e.replayable} for e in found.entries]
     if args.json:
         print_json({"total": total, "entries": out})
     elif not out:
@@ -316,7 +229,10 @@ def _replay(args: argparse.Namespace, settings: Settings, client: redis.Redis) -
     dlq = keys.dlq_stream(stream)
     scripts = Scripts(client)
     replayed, missing, poison = 0, 0, 0
-    for entry, fields in all_dead_letters(client, dlq) if args.all else named(client, dlq, args.ids):
+    letters: Iterable[tuple[str, dict[bytes, bytes] | None]] = (
+        every_dead_letter(client, stream) if args.all else named_dead_letters(client, stream, args.ids)
+    )
+    for entry, fields in letters:
         try:
             msg = decode(fields.get(b"payload"), settings.max_entry_bytes) if fields is not None else None
         except InvalidMessageError as exc:
@@ -336,24 +252,6 @@ def _replay(args: argparse.Namespace, settings: Settings, client: redis.Redis) -
         print(f"{entry}\t{text(new_id)}\ttask {msg.task_id} {msg.action}")
     print(f"replayed {replayed} dead letter{'s' * (replayed != 1)} onto {stream}")
     return EXIT_NOT_FOUND if missing else EXIT_FAIL if poison else EXIT_OK
-
-
-def named(client: redis.Redis, dlq: str, ids: list[str]) -> Iterator[tuple[str, dict[bytes, bytes] | None]]:
-    for entry in dict.fromkeys(ids):  # the same id twice is one replay, not a "not found"
-        found = xrange(client, dlq, entry, entry)
-        yield entry, (found[0][1] if found else None)
-
-
-def all_dead_letters(client: redis.Redis, dlq: str) -> Iterator[Entry]:
-    """Every dead letter present now. The bound matters: a replayed task that fails again at once lands
-    back in the dead-letter stream, and must not be replayed again by the same command."""
-    last = cast(list[tuple[bytes, Any]], client.xrevrange(dlq, "+", "-", count=1))
-    if not last:
-        return
-    start, end = "-", text(last[0][0])
-    while batch := xrange(client, dlq, start, end, BATCH):
-        yield from batch
-        start = "(" + batch[-1][0]  # exclusive: unreplayable entries stay behind and are not read twice
 
 
 @connected
@@ -381,20 +279,18 @@ def check(args: argparse.Namespace) -> int:
         socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0), health_check_interval=0
     )
     try:
-        raw = client.get(keys.heartbeat_key(settings.task_queue_stream, settings.task_queue_group, name))
+        beat = heartbeat_of(client, settings.task_queue_stream, settings.task_queue_group, name)
     except redis.AuthenticationError:
         raise CliError(f"Redis at {target} refused the password") from None
     except redis.RedisError as exc:
         raise CliError(f"Redis at {target} is unreachable ({type(exc).__name__})") from None
     finally:
         client.close()
-    if raw is None:
+    if beat is None:
         raise CliError(f"no heartbeat from consumer {name!r}: its daemon is not running")
-    beat = read_heartbeat(raw) or {}
-    ts = beat.get("ts")
-    if not isinstance(ts, int | float):
+    if beat.age_s is None:
         raise CliError(f"heartbeat of consumer {name!r} is unreadable")
-    age, limit = time.time() - ts, 3 * settings.heartbeat_interval
+    age, limit = beat.age_s, 3 * settings.heartbeat_interval
     if age > limit:
         raise CliError(f"heartbeat of consumer {name!r} is {age:.0f}s old (limit {limit:.0f}s)")
     busy, workers, circuit = beat.get("busy"), beat.get("workers"), beat.get("circuit")

@@ -49,6 +49,14 @@ class PendingSummary:
     newest_id: str | None
     consumers: dict[str, int]
 
+    @classmethod
+    def from_reply(cls, reply: Any) -> PendingSummary:
+        """The summary form of XPENDING (``XPENDING stream group``), as redis-py parses it."""
+        consumers = {text(c["name"]): int(c["pending"]) for c in reply.get("consumers") or []}
+        oldest, newest = reply.get("min"), reply.get("max")
+        return cls(int(reply["pending"]), text(oldest) if oldest else None, text(newest) if newest else None,
+                   consumers)  # fmt: skip
+
 
 class Consumer:
     """The Go ``taskqueue.Consumer``, plus the repair operations a long-running daemon needs."""
@@ -339,17 +347,11 @@ class Consumer:
         return [text(name) for name in removed]
 
     def pending_summary(self) -> PendingSummary:
+        """XPENDING's summary; creates the group if it is missing (``scheduler.inspect.pending`` only reads)."""
         reply = self._with_group(
             lambda: self.redis.xpending(self.stream, self.group), f"XPENDING {self.stream}"
         )
-        consumers = {text(c["name"]): int(c["pending"]) for c in reply.get("consumers") or []}
-        oldest, newest = reply.get("min"), reply.get("max")
-        return PendingSummary(
-            int(reply["pending"]),
-            text(oldest) if oldest else None,
-            text(newest) if newest else None,
-            consumers,
-        )
+        return PendingSummary.from_reply(reply)
 
 
 def _task_id_of(payload: bytes | str | None, max_bytes: int) -> int:

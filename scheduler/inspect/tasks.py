@@ -1,0 +1,42 @@
+"""Each task's last crawl and next run, as the Go API and ``task show`` read them.
+
+``task:crawl_status:<id>`` and ``task:crawl_message:<id>`` are written after every crawl (24 h TTL, the
+Go original's keys); the schedule set's score is the next periodic run in ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from scheduler.taskqueue import keys
+from scheduler.taskqueue._redis import text
+
+
+@dataclass(frozen=True)
+class TaskState:
+    task_id: int
+    status: str | None  # success, no_items, failed; None before the first crawl (or after its TTL)
+    message: str | None  # the last crawl's message (the error of a failed one)
+    next_run_ms: float | None  # Unix ms of the next periodic run; None when not scheduled
+
+
+def task_states(client: redis.Redis, stream: str, task_ids: list[int]) -> dict[int, TaskState]:
+    """The state of each of ``task_ids``, in one round-trip."""
+    if not task_ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    pipe.mget([keys.crawl_status_key(i) for i in task_ids])
+    pipe.mget([keys.crawl_message_key(i) for i in task_ids])
+    pipe.zmscore(keys.schedule_set(stream), [str(i) for i in task_ids])
+    statuses, messages, next_ms = pipe.execute()
+    return {
+        i: TaskState(
+            i,
+            text(status) if status else None,
+            message.decode("utf-8", "replace") if isinstance(message, bytes) else message or None,
+            due,
+        )
+        for i, status, message, due in zip(task_ids, statuses, messages, next_ms, strict=True)
+    }
