@@ -11,9 +11,10 @@ from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.startup import held, release_unclaimed  # the consumer name claimed at start-up
 from scheduler.daemon.timers import Job, heartbeat_payload
+from scheduler.inspect.queue import queue_gauges
 from scheduler.metrics import Metrics
 from scheduler.taskqueue import Consumer, keys
-from scheduler.taskqueue._redis import connection_errors, text
+from scheduler.taskqueue._redis import connection_errors
 from scheduler.tasks.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
@@ -87,30 +88,15 @@ class Maintenance:
             claim.overwrote(old)  # another daemon's heartbeat replaced: say so, once
 
     def refresh_gauges(self) -> None:
-        s = self.settings
+        s, m = self.settings, self.metrics
         with connection_errors("queue gauges"):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xlen(s.task_queue_stream)
-            pipe.xinfo_groups(s.task_queue_stream)
-            pipe.zcard(keys.delayed_set(s.task_queue_stream))
-            pipe.xlen(keys.dlq_stream(s.task_queue_stream))
-            length, groups, delayed, dlq = pipe.execute(raise_on_error=False)
-        m = self.metrics
-        for gauge, value in ((m.queue_length, length), (m.delayed_retries, delayed), (m.dlq_length, dlq)):
-            if isinstance(value, int):
+            found = queue_gauges(self.redis, s.task_queue_stream, s.task_queue_group)
+        for gauge, value in (
+            (m.queue_length, found.length), (m.queue_pending, found.pending), (m.queue_lag, found.lag),
+            (m.delayed_retries, found.delayed), (m.dlq_length, found.dead_letters),
+        ):  # fmt: skip
+            if value is not None:  # not read this time: the gauge keeps its last value
                 gauge.set(value)
-        group = next(
-            (g for g in groups if text(g.get("name", b"")) == s.task_queue_group),
-            None,
-        ) if isinstance(groups, list) else None  # fmt: skip
-        if group is None:  # no group (yet, or any more): nothing pending, all of the stream waiting
-            m.queue_pending.set(0)
-            if isinstance(length, int):
-                m.queue_lag.set(length)
-            return
-        m.queue_pending.set(int(group.get("pending") or 0))
-        if group.get("lag") is not None:
-            m.queue_lag.set(int(group["lag"]))
 
     def check_crawler(self) -> None:
         """A crawler that says NOT_SERVING opens the circuit before tasks spend retries finding out.
