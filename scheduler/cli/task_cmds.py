@@ -1,4 +1,8 @@
-"""``submit``, ``stop`` and ``task add|import|show|list``: putting work in, and the task registry."""
+"""``submit``, ``stop`` and ``task add|import|show|list``: putting work in, and the task registry.
+
+(Over 300 lines: the seven subcommands that put work in share their argument and output helpers; split, they
+would import each other.)
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """The effective settings: one line per setting (type, default, kind, meaning), and the table of
-them (``SPECS``) the loader and the generated docs read."""
+them (``SPECS``) the loader and the generated docs read.
+
+(Over 300 lines: the table is one line-group per setting, about fifty of them; it is read top to bottom as
+the reference.)
+"""
 
 from __future__ import annotations
 

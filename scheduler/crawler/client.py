@@ -19,6 +19,8 @@ Worst case per task: the daemon requeues a task that failed transiently up to ``
 
 Cancellation: ``CancelToken.cancel()`` (from any thread, e.g. on a ``stop`` message) cancels the in-flight
 call at once and stops the retries; ``fetch`` then raises ``CrawlCancelledError``.
+
+(Just over 300 lines: the call, its retries and its cancellation are one protocol with the crawler.)
 """
 
 from __future__ import annotations

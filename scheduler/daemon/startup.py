@@ -21,6 +21,8 @@ Whose heartbeat it is decides how it is judged:
   one heartbeat interval plus a margin (a pod rescheduled after ``kill -9`` waits that long, never more).
 
 A dead holder's key is taken over with a compare-and-set, so two newcomers cannot both win it.
+
+(Over 300 lines, most of it this explanation: judging a holder's liveness is one decision, kept whole.)
 """
 
 from __future__ import annotations

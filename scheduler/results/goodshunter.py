@@ -15,6 +15,8 @@ step is safe to repeat, in this order:
    merged and writes no event, so no mail is sent twice;
 5. ``last_run_at`` (and ``baseline_at`` on the first run) last: a crash before it repeats a first run as
    a first run, which notifies nothing.
+
+(Over 300 lines: one crawl's writes are one transaction and one script, in the order they must happen.)
 """
 
 from __future__ import annotations
