@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from crawler_stub.script import parse
-from scheduler.devtools.demo import SAMPLES, sample_specs, samples
+from scheduler.devtools.demo import sample_specs, samples
+from scheduler.devtools.samples import SAMPLES
 from scheduler.signals import Signals
 
 SCHEDULER = Path(sys.executable).parent / "goodshunter-scheduler"

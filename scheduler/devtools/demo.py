@@ -4,13 +4,14 @@ The crawler and the daemon run as child processes started the way an operator st
 with a config file), so the demo shows the real daemon talking to Redis and to gRPC over sockets. Each
 child gets its own session: a Ctrl-C in the terminal reaches only the demo, which then stops them in
 order (the daemon first, so it drains and records its in-flight crawls while Redis and the crawler are
-still up). ``Tracker`` reads the progress back from Redis: the keys the Go API and ``stats`` read.
+still up). ``Tracker`` reads the progress back from Redis through ``scheduler.inspect``: the keys the Go
+API and ``stats`` read. The sample table is ``samples``, the children's start and stop ``children``, and
+what the tracker fills in ``progress``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import selectors
@@ -22,71 +23,33 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import redis
 
 from scheduler.config.kinds import compact_duration
 from scheduler.config.load import load_settings
 from scheduler.config.settings import Settings
-from scheduler.daemon.timers import read_heartbeat
+from scheduler.devtools.children import spawn, terminate
+from scheduler.devtools.progress import QueueState, TaskProgress, queue_state
 from scheduler.devtools.redis_server import RedisServer, free_port
-from scheduler.errors import InvalidMessageError, SchedulerError
+from scheduler.devtools.samples import SAMPLES, Sample
+from scheduler.errors import SchedulerError
+from scheduler.inspect.daemons import heartbeat_of
+from scheduler.inspect.delayed import delayed_retries
+from scheduler.inspect.entries import decode_or_none, read_after
+from scheduler.inspect.queue import queue_gauges
+from scheduler.inspect.tasks import task_states
 from scheduler.taskqueue import keys
-from scheduler.taskqueue._redis import text
-from scheduler.taskqueue.message import TaskMessage, decode
 from scheduler.tasks.lifecycle import Lifecycle
-from scheduler.tasks.registry import Platform, TaskSpec
+from scheduler.tasks.registry import TaskSpec
 
 CONSUMER: Final = "demo-1"
 CRAWLER_DELAY_MS: Final = 80
 START_TIMEOUT_S: Final = 30.0  # a cold start imports grpc and protobuf in each child
 SHUTDOWN_GRACE_S: Final = 5.0
 MAX_TASKS: Final = 50
-
-Expect = Literal["success", "no_items", "dead_letter"]
-
-
-@dataclass(frozen=True)
-class Sample:
-    search: str
-    platform: Platform
-    min_price: int
-    max_price: int
-    script: str = ""  # fake-crawler directives (CONTRACT §4), appended to the keyword after ';'
-    expect: Expect = "success"
-    shows: str = ""
-
-    @property
-    def keyword(self) -> str:
-        return f"{self.search};{self.script}" if self.script else self.search
-
-
-# The scripted ones come early so that even a small --tasks shows a retry and a dead letter.
-SAMPLES: Final = (
-    Sample("nintendo switch", "mercari", 15_000, 35_000),
-    Sample(
-        "vintage camera", "yahoo_auction", 3_000, 30_000, script="fail=UNKNOWN*4",
-        shows="the crawler fails its first 4 calls (as the real one does when a page is blocked): the "
-        "client retries within the crawl, the queue requeues it with back-off, and the retry succeeds",
-    ),
-    Sample("ricoh gr iii", "mercari", 60_000, 120_000),
-    Sample(
-        "leica m6", "yahoo_auction", 150_000, 400_000, script="fail=INVALID_ARGUMENT", expect="dead_letter",
-        shows="the crawler rejects the request (a permanent error): dead-lettered at once, never retried",
-    ),
-    Sample("sony a7c", "mercari", 120_000, 200_000),
-    Sample(
-        "famicom disk system", "yahoo_auction", 2_000, 15_000, script="no_items", expect="no_items",
-        shows="an empty search: a success, recorded as no_items",
-    ),
-    Sample("pokemon card 151", "mercari", 500, 8_000),
-    Sample("macbook air m2", "yahoo_auction", 70_000, 130_000),
-    Sample("bandai gundam mg", "mercari", 3_000, 12_000),
-    Sample("nikon fm2", "yahoo_auction", 30_000, 80_000),
-)  # fmt: skip
 
 
 def samples(count: int) -> list[Sample]:
@@ -117,11 +80,6 @@ def sample_specs(chosen: list[Sample], interval_s: float) -> list[TaskSpec]:
 
 class Interrupted(SchedulerError):
     """A stop was requested while the system was still starting."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux PR_SET_PDEATHSIG: if the demo itself is killed (SIGKILL, OOM), its children follow.
-    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
 
 
 class DemoSystem:
@@ -169,22 +127,11 @@ class DemoSystem:
         self.settings = self._write_config(crawler_addr)
         self._start_daemon()
 
-    def _spawn(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "REDIS_"))}
-        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            argv,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            **kwargs,
-        )
-
     def _start_crawler(self) -> str:
         argv = [sys.executable, "-m", "crawler_stub", "--port", "0", "--delay-ms", str(CRAWLER_DELAY_MS),
                 "--calls-log", str(self.calls_log)]  # fmt: skip
         with open(self.workdir / "crawler.log", "wb") as err:
-            self.crawler = self._spawn(argv, stdout=subprocess.PIPE, stderr=err)
+            self.crawler = spawn(argv, stdout=subprocess.PIPE, stderr=err)
         assert self.crawler.stdout is not None
         line = b""
         with selectors.DefaultSelector() as selector:
@@ -215,11 +162,11 @@ class DemoSystem:
         argv = [sys.executable, "-m", "scheduler", "run", "--config", str(self.config_path),
                 "--consumer", CONSUMER, "--log-format", "json"]  # fmt: skip
         with open(self.daemon_log, "wb") as out:
-            self.daemon = self._spawn(argv, stdout=out, stderr=subprocess.STDOUT)
-        s = self.settings
-        heartbeat = keys.heartbeat_key(s.task_queue_stream, s.task_queue_group, CONSUMER)
-        client = self.client
-        self._wait_until(lambda: bool(client.exists(heartbeat)), "the daemon", self.daemon)
+            self.daemon = spawn(argv, stdout=out, stderr=subprocess.STDOUT)
+        client, stream, group = self.client, self.settings.task_queue_stream, self.settings.task_queue_group
+        self._wait_until(
+            lambda: heartbeat_of(client, stream, group, CONSUMER) is not None, "the daemon", self.daemon
+        )
 
     def _wait_until(self, ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -251,7 +198,7 @@ class DemoSystem:
     def stop_daemon(self, forced: threading.Event) -> int | None:
         """SIGTERM, then wait for its drain (within its grace); SIGKILL if forced or past the grace."""
         if self.daemon is not None:
-            self.daemon_exit = _terminate(self.daemon, SHUTDOWN_GRACE_S + 5, forced)
+            self.daemon_exit = terminate(self.daemon, SHUTDOWN_GRACE_S + 5, forced)
         return self.daemon_exit
 
     def close(self, forced: threading.Event) -> None:
@@ -267,64 +214,12 @@ class DemoSystem:
             if self.crawler is not None:
                 if self.crawler.stdout is not None:
                     steps.callback(self.crawler.stdout.close)
-                steps.callback(_terminate, self.crawler, 5.0, forced)
+                steps.callback(terminate, self.crawler, 5.0, forced)
             if self.daemon_alive():
                 steps.callback(self.stop_daemon, forced)
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout: float, forced: threading.Event) -> int:
-    if process.poll() is None:
-        process.terminate()
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline and not forced.is_set():
-        time.sleep(0.05)
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: the group is it and anything it forked
-    return process.wait()
-
-
 # -- progress, read back from Redis --------------------------------------------------------------------
-
-
-@dataclass
-class TaskProgress:
-    task_id: int
-    sample: Sample
-    ok: int = 0  # successful crawls: entries of the results stream
-    failed: int = 0  # failed crawls: each one was requeued or dead-lettered
-    calls: int = 0  # gRPC calls the crawler answered (its calls log): retries inside a crawl show here
-    items: int = 0
-    new_items: int = 0
-    dead_letters: int = 0
-    status: str = ""  # task:crawl_status:<id>, as the Go API reads it
-    message: str = ""
-    next_run_in: float | None = None
-
-    @property
-    def crawls(self) -> int:
-        return self.ok + self.failed
-
-    @property
-    def crawled(self) -> bool:
-        return bool(self.status)
-
-    @property
-    def as_expected(self) -> bool:
-        if self.sample.expect == "dead_letter":
-            return self.dead_letters > 0
-        return self.ok > 0 and self.status == self.sample.expect
-
-
-@dataclass
-class QueueState:
-    length: int = 0
-    pending: int = 0
-    delayed: int = 0
-    dead_letters: int = 0
-    busy: int = 0
-    workers: int = 0
-    circuit: str = "?"
 
 
 class Tracker:
@@ -355,12 +250,10 @@ class Tracker:
         return events
 
     def _new_entries(self, name: str) -> list[tuple[str, dict[str, str]]]:
-        rows: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrange(  # type: ignore[assignment]
-            self._streams[name], min=f"({self._cursors[name]}"
-        )
+        rows = read_after(self.redis, self._streams[name], self._cursors[name])
         if rows:
-            self._cursors[name] = text(rows[-1][0])
-        return [(text(i), {text(k): text(v) for k, v in fields.items()}) for i, fields in rows]
+            self._cursors[name] = rows[-1][0]
+        return rows
 
     def _read_results(self) -> list[tuple[int, str]]:
         events = []
@@ -381,11 +274,12 @@ class Tracker:
     def _read_requeues(self) -> list[tuple[int, str]]:
         """A requeue is parked in the delayed set, then moved into the stream: seen in either, once."""
         payloads = [fields.get(keys.DATA_FIELD, "") for _, fields in self._new_entries("tasks")]
-        delayed: list[bytes] = self.redis.zrange(keys.delayed_set(self.settings.task_queue_stream), 0, -1)  # type: ignore[assignment]
-        payloads += [text(member).partition("|")[2] for member in delayed]  # "<entry id>|<payload>"
+        payloads += [
+            parked.payload for parked in delayed_retries(self.redis, self.settings.task_queue_stream)
+        ]
         events = []
         for payload in payloads:
-            message = _decode(payload)
+            message = decode_or_none(payload)
             task = self.tasks.get(message.task_id) if message else None
             if message is None or task is None or message.retry == 0:
                 continue
@@ -402,7 +296,7 @@ class Tracker:
     def _read_dead_letters(self) -> list[tuple[int, str]]:
         events = []
         for _, entry in self._new_entries("dlq"):
-            message = _decode(entry.get("payload", ""))
+            message = decode_or_none(entry.get("payload", ""))
             task = self.tasks.get(message.task_id) if message else None
             if task is None:
                 continue
@@ -426,40 +320,14 @@ class Tracker:
 
     def _read_state(self) -> None:
         s = self.settings
-        ids = list(self.tasks)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.mget([keys.crawl_status_key(i) for i in ids])
-        pipe.mget([keys.crawl_message_key(i) for i in ids])
-        pipe.zmscore(keys.schedule_set(s.task_queue_stream), [str(i) for i in ids])
-        pipe.xlen(s.task_queue_stream)
-        pipe.xinfo_groups(s.task_queue_stream)
-        pipe.zcard(keys.delayed_set(s.task_queue_stream))
-        pipe.xlen(keys.dlq_stream(s.task_queue_stream))
-        pipe.get(keys.heartbeat_key(s.task_queue_stream, s.task_queue_group, CONSUMER))
-        statuses, messages, next_ms, length, groups, delayed, dlq, heartbeat = pipe.execute()
+        states = task_states(self.redis, s.task_queue_stream, list(self.tasks))
         now_ms = time.time() * 1000
-        for i, status, message, due in zip(ids, statuses, messages, next_ms, strict=True):
+        for i, state in states.items():
             task = self.tasks[i]
-            task.status = text(status) if status else ""
-            task.message = text(message) if message else ""
+            task.status, task.message = state.status or "", state.message or ""
+            due = state.next_run_ms
             task.next_run_in = None if due is None else max(0.0, (due - now_ms) / 1000)
-        pending = [
-            int(g.get("pending") or 0) for g in groups if text(g.get("name", b"")) == s.task_queue_group
-        ]
-        beat = read_heartbeat(heartbeat) or {}
-        self.queue = QueueState(
-            length=length,
-            pending=pending[0] if pending else 0,
-            delayed=delayed,
-            dead_letters=dlq,
-            busy=int(str(beat.get("busy", 0))),
-            workers=int(str(beat.get("workers", 0))),
-            circuit=str(beat.get("circuit", "down" if heartbeat is None else "?")),
+        gauges = queue_gauges(self.redis, s.task_queue_stream, s.task_queue_group)
+        self.queue = queue_state(
+            gauges, heartbeat_of(self.redis, s.task_queue_stream, s.task_queue_group, CONSUMER)
         )
-
-
-def _decode(payload: str) -> TaskMessage | None:
-    try:
-        return decode(payload)
-    except InvalidMessageError:
-        return None
