@@ -7,6 +7,10 @@ order (the daemon first, so it drains and records its in-flight crawls while Red
 still up). ``Tracker`` reads the progress back from Redis through ``scheduler.inspect``: the keys the Go
 API and ``stats`` read. The sample table is ``samples``, the children's start and stop ``children``, and
 what the tracker fills in ``progress``.
+
+(Over 300 lines: it holds what ``scheduler.cli.demo_cmd`` imports from it by name, the system and its
+tracker with the sample pickers; ``samples()`` and ``sample_specs()`` belong in ``samples`` once demo_cmd
+imports them from there.)
 """
 
 from __future__ import annotations
