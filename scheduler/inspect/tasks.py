@@ -35,8 +35,13 @@ def task_states(client: redis.Redis, stream: str, task_ids: list[int]) -> dict[i
         i: TaskState(
             i,
             text(status) if status else None,
-            message.decode("utf-8", "replace") if isinstance(message, bytes) else message or None,
+            _lenient(message) if message else None,
             due,
         )
         for i, status, message, due in zip(task_ids, statuses, messages, next_ms, strict=True)
     }
+
+
+def _lenient(value: bytes | str) -> str:
+    """A crawl message quotes the crawler's error text: a bad byte in it must not hide the rest."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
