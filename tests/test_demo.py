@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from crawler_stub.script import parse
-from scheduler.devtools.demo import sample_specs, samples
-from scheduler.devtools.samples import SAMPLES
+from scheduler.devtools.samples import SAMPLES, sample_specs, samples
 from scheduler.signals import Signals
 
 SCHEDULER = Path(sys.executable).parent / "goodshunter-scheduler"

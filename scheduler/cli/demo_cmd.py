@@ -25,7 +25,9 @@ from rich.text import Text
 
 from scheduler.cli.common import EXIT_FAIL, EXIT_OK, CliError, Subparsers
 from scheduler.config.durations import parse_duration
-from scheduler.devtools.demo import MAX_TASKS, DemoSystem, Interrupted, Tracker, sample_specs, samples
+from scheduler.devtools.demo import MAX_TASKS, DemoSystem, Interrupted
+from scheduler.devtools.progress import Tracker
+from scheduler.devtools.samples import sample_specs, samples
 from scheduler.errors import SchedulerError
 from scheduler.signals import Signals
 

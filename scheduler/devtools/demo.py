@@ -4,13 +4,8 @@ The crawler and the daemon run as child processes started the way an operator st
 with a config file), so the demo shows the real daemon talking to Redis and to gRPC over sockets. Each
 child gets its own session: a Ctrl-C in the terminal reaches only the demo, which then stops them in
 order (the daemon first, so it drains and records its in-flight crawls while Redis and the crawler are
-still up). ``Tracker`` reads the progress back from Redis through ``scheduler.inspect``: the keys the Go
-API and ``stats`` read. The sample table is ``samples``, the children's start and stop ``children``, and
-what the tracker fills in ``progress``.
-
-(Over 300 lines: it holds what ``scheduler.cli.demo_cmd`` imports from it by name, the system and its
-tracker with the sample pickers; ``samples()`` and ``sample_specs()`` belong in ``samples`` once demo_cmd
-imports them from there.)
+still up). The samples and their pickers are ``samples``, the children's start and stop ``children``, and
+the tracker and what it fills in ``progress``.
 """
 
 from __future__ import annotations
@@ -36,16 +31,9 @@ from scheduler.config.kinds import compact_duration
 from scheduler.config.load import load_settings
 from scheduler.config.settings import Settings
 from scheduler.devtools.children import spawn, terminate
-from scheduler.devtools.progress import QueueState, TaskProgress, queue_state
 from scheduler.devtools.redis_server import RedisServer, free_port
-from scheduler.devtools.samples import SAMPLES, Sample
 from scheduler.errors import SchedulerError
 from scheduler.inspect.daemons import heartbeat_of
-from scheduler.inspect.delayed import delayed_retries
-from scheduler.inspect.entries import decode_or_none, read_after
-from scheduler.inspect.queue import queue_gauges
-from scheduler.inspect.tasks import task_states
-from scheduler.taskqueue import keys
 from scheduler.tasks.lifecycle import Lifecycle
 from scheduler.tasks.registry import TaskSpec
 
@@ -54,32 +42,6 @@ CRAWLER_DELAY_MS: Final = 80
 START_TIMEOUT_S: Final = 30.0  # a cold start imports grpc and protobuf in each child
 SHUTDOWN_GRACE_S: Final = 5.0
 MAX_TASKS: Final = 50
-
-
-def samples(count: int) -> list[Sample]:
-    """``count`` samples; past the list, the plain searches again with a model number (``sony a7c 2``)."""
-    plain = [s for s in SAMPLES if not s.script]
-    out = list(SAMPLES[:count])
-    for i in range(count - len(out)):
-        base = plain[i % len(plain)]
-        out.append(
-            Sample(f"{base.search} {2 + i // len(plain)}", base.platform, base.min_price, base.max_price)
-        )
-    return out
-
-
-def sample_specs(chosen: list[Sample], interval_s: float) -> list[TaskSpec]:
-    return [
-        TaskSpec(
-            task_id=n,
-            keyword=s.keyword,
-            platform=s.platform,
-            min_price=s.min_price,
-            max_price=s.max_price,
-            interval_s=interval_s,
-        )
-        for n, s in enumerate(chosen, start=1)
-    ]
 
 
 class Interrupted(SchedulerError):
@@ -221,117 +183,3 @@ class DemoSystem:
                 steps.callback(terminate, self.crawler, 5.0, forced)
             if self.daemon_alive():
                 steps.callback(self.stop_daemon, forced)
-
-
-# -- progress, read back from Redis --------------------------------------------------------------------
-
-
-class Tracker:
-    """Reads the daemon's work back from Redis (and the crawler's calls log); ``poll()`` returns events."""
-
-    def __init__(
-        self, client: redis.Redis, settings: Settings, chosen: list[Sample], calls_log: Path
-    ) -> None:
-        self.redis = client
-        self.settings = s = settings
-        # task ids as sample_specs() numbers them
-        self.tasks = {n: TaskProgress(n, sample) for n, sample in enumerate(chosen, start=1)}
-        self.queue = QueueState()
-        self._calls_log = calls_log
-        self._calls_offset = 0
-        self._streams = {
-            "results": keys.results_stream(s.task_queue_stream),
-            "dlq": keys.dlq_stream(s.task_queue_stream),
-            "tasks": s.task_queue_stream,
-        }
-        self._cursors = dict.fromkeys(self._streams, "0-0")
-        self._requeues: set[tuple[int, int, str]] = set()
-
-    def poll(self) -> list[tuple[int, str]]:
-        self._read_state()
-        events = self._read_results() + self._read_requeues() + self._read_dead_letters()
-        self._read_calls()
-        return events
-
-    def _new_entries(self, name: str) -> list[tuple[str, dict[str, str]]]:
-        rows = read_after(self.redis, self._streams[name], self._cursors[name])
-        if rows:
-            self._cursors[name] = rows[-1][0]
-        return rows
-
-    def _read_results(self) -> list[tuple[int, str]]:
-        events = []
-        for _, entry in self._new_entries("results"):
-            task = self.tasks.get(int(entry["task_id"]))
-            if task is None:
-                continue
-            new = len(json.loads(entry.get("new_items") or "[]"))
-            task.ok += 1
-            task.items += int(entry.get("total_found") or 0)
-            task.new_items += new
-            found = (
-                f"{entry.get('total_found')} items, {new} new" if entry["status"] == "success" else "no items"
-            )
-            events.append((task.task_id, f"crawl {task.crawls}: {entry['status']} ({found})"))
-        return events
-
-    def _read_requeues(self) -> list[tuple[int, str]]:
-        """A requeue is parked in the delayed set, then moved into the stream: seen in either, once."""
-        payloads = [fields.get(keys.DATA_FIELD, "") for _, fields in self._new_entries("tasks")]
-        payloads += [
-            parked.payload for parked in delayed_retries(self.redis, self.settings.task_queue_stream)
-        ]
-        events = []
-        for payload in payloads:
-            message = decode_or_none(payload)
-            task = self.tasks.get(message.task_id) if message else None
-            if message is None or task is None or message.retry == 0:
-                continue
-            key = (message.task_id, message.retry, message.timestamp.isoformat())
-            if key not in self._requeues:
-                self._requeues.add(key)
-                task.failed += 1
-                why = f": {task.message}" if task.message else ""
-                events.append(
-                    (task.task_id, f"crawl {task.crawls} failed{why}; requeued as retry {message.retry}")
-                )
-        return events
-
-    def _read_dead_letters(self) -> list[tuple[int, str]]:
-        events = []
-        for _, entry in self._new_entries("dlq"):
-            message = decode_or_none(entry.get("payload", ""))
-            task = self.tasks.get(message.task_id) if message else None
-            if task is None:
-                continue
-            task.dead_letters += 1
-            reason = entry.get("reason", "")
-            if reason.startswith(("permanent", "max_retry")):  # not a crash loop: a crawl that failed
-                task.failed += 1
-            events.append((task.task_id, f"crawl {task.crawls} dead-lettered ({reason})"))
-        return events
-
-    def _read_calls(self) -> None:
-        with contextlib.suppress(FileNotFoundError), open(self._calls_log, "rb") as log:
-            log.seek(self._calls_offset)
-            chunk = log.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1] if b"\n" in chunk else b""
-        self._calls_offset += len(complete)
-        for line in complete.splitlines():
-            task = self.tasks.get(int(json.loads(line)["task_id"]))
-            if task is not None:
-                task.calls += 1
-
-    def _read_state(self) -> None:
-        s = self.settings
-        states = task_states(self.redis, s.task_queue_stream, list(self.tasks))
-        now_ms = time.time() * 1000
-        for i, state in states.items():
-            task = self.tasks[i]
-            task.status, task.message = state.status or "", state.message or ""
-            due = state.next_run_ms
-            task.next_run_in = None if due is None else max(0.0, (due - now_ms) / 1000)
-        gauges = queue_gauges(self.redis, s.task_queue_stream, s.task_queue_group)
-        self.queue = queue_state(
-            gauges, heartbeat_of(self.redis, s.task_queue_stream, s.task_queue_group, CONSUMER)
-        )

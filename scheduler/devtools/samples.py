@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from scheduler.tasks.registry import Platform
+from scheduler.tasks.registry import Platform, TaskSpec
 
 Expect = Literal["success", "no_items", "dead_letter"]
 
@@ -52,3 +52,29 @@ SAMPLES: Final = (
     Sample("bandai gundam mg", "mercari", 3_000, 12_000),
     Sample("nikon fm2", "yahoo_auction", 30_000, 80_000),
 )  # fmt: skip
+
+
+def samples(count: int) -> list[Sample]:
+    """``count`` samples; past the list, the plain searches again with a model number (``sony a7c 2``)."""
+    plain = [s for s in SAMPLES if not s.script]
+    out = list(SAMPLES[:count])
+    for i in range(count - len(out)):
+        base = plain[i % len(plain)]
+        out.append(
+            Sample(f"{base.search} {2 + i // len(plain)}", base.platform, base.min_price, base.max_price)
+        )
+    return out
+
+
+def sample_specs(chosen: list[Sample], interval_s: float) -> list[TaskSpec]:
+    return [
+        TaskSpec(
+            task_id=n,
+            keyword=s.keyword,
+            platform=s.platform,
+            min_price=s.min_price,
+            max_price=s.max_price,
+            interval_s=interval_s,
+        )
+        for n, s in enumerate(chosen, start=1)
+    ]
