@@ -24,8 +24,8 @@ from crawler_stub import CrawlerStub
 from scheduler.config.load import load_settings
 from scheduler.config.settings import Settings
 from scheduler.daemon.app import Daemon
-from scheduler.daemon.timers import read_heartbeat
 from scheduler.devtools.redis_server import RedisServer, free_port
+from scheduler.inspect.daemons import parse_heartbeat
 from scheduler.taskqueue import keys
 from scheduler.tasks.lifecycle import Lifecycle
 from scheduler.tasks.registry import TaskSpec
@@ -287,7 +287,7 @@ def test_a_status_port_already_taken_is_one_warning_and_the_daemon_works(
             heartbeat = keys.heartbeat_key(
                 settings.task_queue_stream, settings.task_queue_group, "status-test"
             )
-            assert (read_heartbeat(r.get(heartbeat)) or {}).get("workers") == 4  # `check` reads this
+            assert (parse_heartbeat(r.get(heartbeat)) or {}).get("workers") == 4  # `check` reads this
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(

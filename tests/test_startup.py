@@ -28,8 +28,9 @@ from scheduler.config.settings import Settings
 from scheduler.daemon import startup
 from scheduler.daemon.app import Daemon
 from scheduler.daemon.startup import StartupError, prepare, process_identity, process_start
-from scheduler.daemon.timers import heartbeat_payload, read_heartbeat
+from scheduler.daemon.timers import heartbeat_payload
 from scheduler.devtools.redis_server import RedisServer, free_port
+from scheduler.inspect.daemons import parse_heartbeat
 from scheduler.taskqueue import keys
 
 NAME = "worker-a"
@@ -102,7 +103,7 @@ def timed_prepare(settings: Settings, client: redis.Redis) -> tuple[startup.Name
 
 
 def token_in(r: redis.Redis) -> object:
-    return (read_heartbeat(r.get(KEY)) or {}).get("token")
+    return (parse_heartbeat(r.get(KEY)) or {}).get("token")
 
 
 def renew_until(r: redis.Redis, raw: str, stop: threading.Event) -> threading.Thread:
@@ -128,7 +129,7 @@ def test_a_free_name_is_claimed_with_a_heartbeat_that_names_this_process(
     claim, took = timed_prepare(settings, client)
     assert claim is not None
     assert took < 1.0
-    value = read_heartbeat(r.get(KEY)) or {}
+    value = parse_heartbeat(r.get(KEY)) or {}
     # the old fields, as `check` and the demo read them, then the identity
     assert value["consumer"] == NAME and value["pid"] == os.getpid() and value["host"] == socket.gethostname()
     assert isinstance(value["ts"], float) and value["busy"] == 0 and value["circuit"] == "closed"
@@ -255,7 +256,7 @@ def test_another_hosts_renewed_heartbeat_is_refused(
     finally:
         stop.set()
         renewer.join()
-    assert (read_heartbeat(r.get(KEY)) or {}).get("host") == "node-b"
+    assert (parse_heartbeat(r.get(KEY)) or {}).get("host") == "node-b"
 
 
 def test_the_same_host_name_in_another_pid_namespace_is_not_taken_for_this_process(
@@ -441,7 +442,7 @@ def test_without_a_claim_shutdown_deletes_only_a_heartbeat_this_process_wrote(
     daemon = Daemon(settings, handle_signals=False)
     try:
         daemon.maintenance.heartbeat()
-        assert (read_heartbeat(r.get(KEY)) or {}).get("pid") == os.getpid()
+        assert (parse_heartbeat(r.get(KEY)) or {}).get("pid") == os.getpid()
         daemon.maintenance.clear_heartbeat()
         assert r.get(KEY) is None
         other = json.dumps({"consumer": NAME, "host": socket.gethostname(), "pid": 4242, "ts": time.time()})

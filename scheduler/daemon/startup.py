@@ -43,8 +43,9 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from scheduler.config.settings import Settings
-from scheduler.daemon.timers import heartbeat_payload, read_heartbeat
+from scheduler.daemon.timers import heartbeat_payload
 from scheduler.errors import SchedulerError
+from scheduler.inspect.daemons import parse_heartbeat
 from scheduler.taskqueue import keys
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class NameClaim:
     def overwrote(self, old: object) -> None:
         """After a heartbeat write: a foreign token in the value it replaced means another daemon runs on
         this name (it judged us dead while we were stalled past the renewal window). Said once each."""
-        beat = read_heartbeat(old) if isinstance(old, bytes | str) else None
+        beat = parse_heartbeat(old) if isinstance(old, bytes | str) else None
         if not beat or beat.get("token") == self.token:
             return
         token = str(beat.get("token"))
@@ -169,7 +170,7 @@ def _delete_if(client: redis.Redis, key: str, mine: Callable[[dict[str, object]]
     try:
         with client.pipeline(transaction=True) as pipe:
             pipe.watch(key)  # type: ignore[no-untyped-call]
-            beat = read_heartbeat(pipe.get(key))
+            beat = parse_heartbeat(pipe.get(key))
             if beat and mine(beat):
                 pipe.multi()
                 pipe.delete(key)
@@ -244,7 +245,7 @@ def claim_name(settings: Settings, client: redis.Redis, stopping: threading.Even
         raw: bytes | str | None = client.get(key)
         if raw is None:
             continue  # gone meanwhile (stopped, expired): try again
-        beat = read_heartbeat(raw) or {}
+        beat = parse_heartbeat(raw) or {}
         verdict, who = judge(beat)
         if verdict == "unknown":
             log.info(
@@ -257,7 +258,7 @@ def claim_name(settings: Settings, client: redis.Redis, stopping: threading.Even
             if seen is None:
                 continue  # released meanwhile: try again
             if seen != raw:
-                if (read_heartbeat(seen) or {}).get("token") != beat.get("token"):
+                if (parse_heartbeat(seen) or {}).get("token") != beat.get("token"):
                     continue  # claimed by a third daemon meanwhile: judge that one
                 verdict, who = "alive", f"{who}, whose heartbeat was renewed"
             else:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import redis
 
 from scheduler.errors import QueueConnectionError
-from scheduler.taskqueue._redis import text
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +112,3 @@ def heartbeat_payload(
             **(identity or {}),
         }
     )
-
-
-def read_heartbeat(raw: bytes | str | None) -> dict[str, object] | None:
-    if raw is None:
-        return None
-    try:
-        value = json.loads(text(raw))
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
