@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import redis
@@ -32,7 +33,9 @@ from scheduler.cli.common import (
 from scheduler.config.durations import format_duration, parse_duration
 from scheduler.config.settings import Settings
 from scheduler.errors import InvalidTaskError
-from scheduler.taskqueue import Producer, keys
+from scheduler.inspect.tasks import task_states
+from scheduler.taskqueue import Producer
+from scheduler.taskqueue.message import format_timestamp
 from scheduler.tasks.lifecycle import Lifecycle
 from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
@@ -291,21 +294,19 @@ def task_list(args: argparse.Namespace, settings: Settings, client: redis.Redis)
 
 def _describe(settings: Settings, client: redis.Redis, specs: Iterable[TaskSpec]) -> list[dict[str, object]]:
     specs = list(specs)
-    lifecycle = Lifecycle(settings, client)
-    pipe = client.pipeline(transaction=False)
-    for spec in specs:
-        pipe.get(keys.crawl_status_key(spec.task_id))
-        pipe.get(keys.crawl_message_key(spec.task_id))
-    replies = pipe.execute() if specs else []
-    next_runs = lifecycle.next_runs([s.task_id for s in specs])
+    states = task_states(client, settings.task_queue_stream, [s.task_id for s in specs])
     rows = []
-    for index, spec in enumerate(specs):
-        status, message = replies[2 * index], replies[2 * index + 1]
+    for spec in specs:
+        state = states[spec.task_id]
         row: dict[str, object] = asdict(spec)
         row["exclude_keywords"] = list(spec.exclude_keywords)
         row["every"] = format_duration(spec.interval_s or settings.schedule_interval)
-        row["last_crawl"] = status.decode() if status else None
-        row["last_message"] = message.decode("utf-8", "replace") if message else None
-        row["next_run"] = next_runs.get(spec.task_id)
+        row["last_crawl"] = state.status
+        row["last_message"] = state.message
+        row["next_run"] = (
+            None
+            if state.next_run_ms is None
+            else format_timestamp(datetime.fromtimestamp(state.next_run_ms / 1000, UTC))
+        )
         rows.append(row)
     return rows

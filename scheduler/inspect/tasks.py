@@ -27,10 +27,12 @@ def task_states(client: redis.Redis, stream: str, task_ids: list[int]) -> dict[i
     if not task_ids:
         return {}
     pipe = client.pipeline(transaction=False)
-    pipe.mget([keys.crawl_status_key(i) for i in task_ids])
-    pipe.mget([keys.crawl_message_key(i) for i in task_ids])
+    for i in task_ids:  # GETs, not MGET: the Go status keys of two tasks need not share a cluster slot
+        pipe.get(keys.crawl_status_key(i))
+        pipe.get(keys.crawl_message_key(i))
     pipe.zmscore(keys.schedule_set(stream), [str(i) for i in task_ids])
-    statuses, messages, next_ms = pipe.execute()
+    *replies, next_ms = pipe.execute()
+    statuses, messages = replies[0::2], replies[1::2]
     return {
         i: TaskState(
             i,

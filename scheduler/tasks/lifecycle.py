@@ -151,17 +151,6 @@ class Lifecycle:
     def interval_of(self, spec: TaskSpec) -> float:
         return spec.interval_s or self.settings.schedule_interval
 
-    def next_runs(self, task_ids: list[int]) -> dict[int, str]:
-        if not task_ids:
-            return {}
-        with connection_errors("read schedule"):
-            scores = self.redis.zmscore(self.schedule, [str(t) for t in task_ids])
-        return {
-            task_id: format_timestamp(datetime.fromtimestamp(score / 1000, UTC))
-            for task_id, score in zip(task_ids, scores, strict=True)
-            if score is not None
-        }
-
     # -- the periodic publisher (every daemon, on a timer) -----------------------------------------------
 
     def publish_due(self, limit: int = 1000) -> tuple[int, int, float | None]:
