@@ -104,7 +104,15 @@ class Settings:
         GrpcTarget(),
         "The crawler's gRPC address: `host:port` or a gRPC target such as `dns:///crawler:50051`.",
     )
-    worker_pool_size: int = _app(50, Integer(1, 1024), "Worker threads: how many crawls run at once.")
+    worker_pool_size: int = _app(
+        50, Integer(1, 1024), "Worker threads: how many crawls run at once (in each daemon process)."
+    )
+    processes: int = _app(
+        1,
+        Integer(1, 64),
+        "Daemon processes `run` starts, consumers `<consumer_name>-0` … `-(N-1)` under one supervisor that "
+        "restarts them and serves one status port for all; 1: the daemon itself, no supervisor.",
+    )
     schedule_interval: float = _app(300.0, Duration(above=0), "Default period of a periodic task.")
     crawler_deadline: float = _app(120.0, Duration(above=0), "Deadline of one crawler call.")
     crawler_attempts: int = _app(
