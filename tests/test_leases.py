@@ -19,8 +19,8 @@ import redis
 from crawler_stub import CrawlerStub
 from scheduler.config.load import load_settings
 from scheduler.daemon.app import Daemon
+from scheduler.daemon.leases import Running
 from scheduler.daemon.outcomes import LeavePending, Skip
-from scheduler.daemon.runner import Running
 from scheduler.daemon.timers import Job, TimerThread
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Consumer, Producer, StreamMessage, keys
@@ -183,11 +183,6 @@ def test_an_entry_deleted_under_its_crawl_is_still_held_not_lost(
     assert pending(r)[running.msg.id]["consumer"] == b"a"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="renew() counts an entry this daemon's own writer has just ended (written, not yet forgotten: "
-    "Outcomes._loop forgets after _flush) as reclaimed by another consumer: leases_lost and a warning",
-)
 def test_an_entry_this_daemons_writer_has_just_ended_is_not_counted_lost(
     wired: Callable[..., Daemon], r: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

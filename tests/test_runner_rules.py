@@ -19,6 +19,7 @@ from crawler_stub.service import source_id
 from scheduler._proto import crawler_pb2
 from scheduler.config.load import load_settings
 from scheduler.daemon.app import Daemon
+from scheduler.daemon.leases import Running
 from scheduler.daemon.outcomes import (
     DeadLetter,
     LeavePending,
@@ -28,7 +29,6 @@ from scheduler.daemon.outcomes import (
     after_failure,
     retry_delay,
 )
-from scheduler.daemon.runner import Running
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.errors import CrawlerError
 from scheduler.taskqueue import Producer, StreamMessage, TaskMessage, keys

@@ -21,10 +21,10 @@ import redis
 from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
-from scheduler.daemon.leases import Leases
+from scheduler.daemon.leases import Leases, Running
 from scheduler.daemon.outcomes import LeavePending, Outcome, Outcomes
 from scheduler.daemon.routing import route
-from scheduler.daemon.runner import Running, TaskRunner
+from scheduler.daemon.runner import TaskRunner
 from scheduler.daemon.slots import Slots
 from scheduler.errors import QueueConnectionError
 from scheduler.metrics import Metrics

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass, field
 
 import redis
 
-from scheduler.daemon.runner import Running
+from scheduler.crawler.client import CancelToken
 from scheduler.errors import QueueConnectionError, SchedulerError
 from scheduler.metrics import Metrics
 from scheduler.taskqueue import Consumer, StreamMessage, keys
@@ -17,6 +19,21 @@ from scheduler.taskqueue._redis import text
 from scheduler.tasks.registry import TaskRegistry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """A message a worker holds: its lease is renewed while it is here."""
+
+    msg: StreamMessage
+    probe: bool = False  # sent while the crawler's circuit was half-open
+    token: CancelToken = field(default_factory=CancelToken)
+    started: float = field(default_factory=time.monotonic)
+    cancel_reason: str | None = None  # "stopped" (ack), "shutdown" or "lost" (leave it pending)
+    started_ms: int = 0  # Redis' clock when its run lock was taken (the crawl starts right after)
+    # its outcome is being written: a renewal that finds the entry gone then sees this daemon's own
+    # ending, not a loss
+    ending: bool = False
 
 
 class Leases:
@@ -88,7 +105,9 @@ class Leases:
         owned = set(self.consumer.extend(ids))
         self.metrics.lease_renewals.inc()
         with self._lock:
-            lost = [self._held[i] for i in ids if i not in owned and i in self._held]
+            lost = [
+                self._held[i] for i in ids if i not in owned and i in self._held and not self._held[i].ending
+            ]
         if lost:
             self.metrics.leases_lost.inc(len(lost))
             log.warning(

@@ -38,8 +38,7 @@ from scheduler.taskqueue.message import format_timestamp
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from scheduler.daemon.leases import Leases
-    from scheduler.daemon.runner import Running
+    from scheduler.daemon.leases import Leases, Running
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -206,6 +205,8 @@ class Outcomes:
                     self.left_pending.set()
 
     def _flush(self, batch: list[tuple[Running, Outcome]]) -> bool:
+        for running, _ in batch:
+            running.ending = True
         ending = [(r, o, self._ending(r, o)) for r, o in batch]
         to_write = [e for _, _, e in ending if e is not None]
         try:

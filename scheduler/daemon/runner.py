@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
 
 from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
-from scheduler.crawler.client import CancelToken, CrawlerClient, FetchOutcome
+from scheduler.crawler.client import CrawlerClient, FetchOutcome
 from scheduler.crawler.mapping import build_request, item_dict
+from scheduler.daemon.leases import Running
 from scheduler.daemon.outcomes import LeavePending, Outcome, Skip, Success, after_failure
 from scheduler.errors import CrawlCancelledError, CrawlerError
 from scheduler.metrics import Metrics
@@ -35,18 +35,6 @@ log = logging.getLogger(__name__)
 def entry_time(entry_id: str) -> float:
     """When Redis added the entry (the id's milliseconds), in seconds."""
     return entry_ms(entry_id) / 1000
-
-
-@dataclass
-class Running:
-    """A message a worker holds: its lease is renewed while it is here."""
-
-    msg: StreamMessage
-    probe: bool = False  # sent while the crawler's circuit was half-open
-    token: CancelToken = field(default_factory=CancelToken)
-    started: float = field(default_factory=time.monotonic)
-    cancel_reason: str | None = None  # "stopped" (ack), "shutdown" or "lost" (leave it pending)
-    started_ms: int = 0  # Redis' clock when its run lock was taken (the crawl starts right after)
 
 
 class TaskRunner:

@@ -370,7 +370,7 @@ def test_a_refused_redis_write_is_a_response_error_the_runner_retries_with_back_
 
 def test_the_outbox_trim_keeps_every_unmailed_event(db: Database, r: redis.Redis) -> None:
     from scheduler.metrics import Metrics
-    from scheduler.results import datapath
+    from scheduler.daemon import datapath
 
     settings = load_settings(env={"APP_TASK_STORE": "mysql", "MYSQL_DSN": db.dsn, "APP_METRICS_PORT": "0",
                                   "EMAIL_SMTP_HOST": "127.0.0.1", "EMAIL_FROM_EMAIL": "a@example.com"})  # fmt: skip
@@ -437,8 +437,9 @@ def test_loc_local_follows_daylight_saving_on_the_values_date(db: Database) -> N
 
 def test_a_stop_while_the_database_is_away_applies_and_never_raises(r: redis.Redis) -> None:
     from scheduler.config.addresses import MysqlTarget
+    from scheduler.daemon.leases import Running
     from scheduler.daemon.outcomes import Skip
-    from scheduler.daemon.runner import Running, TaskRunner
+    from scheduler.daemon.runner import TaskRunner
     from scheduler.metrics import Metrics
     from scheduler.taskqueue import Consumer, Producer
     from scheduler.tasks.lifecycle import Lifecycle
