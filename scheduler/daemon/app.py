@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +60,12 @@ class Daemon:
         crawler: CrawlerClient | None = None,
         metrics: Metrics | None = None,
         handle_signals: bool = True,
+        status_socket: socket.socket | None = None,
     ) -> None:
+        """``status_socket``: serve the status endpoints on this listening socket (a supervisor's, which
+        keeps it across restarts, ``run --processes``) instead of ``app.metrics_port``."""
         self.settings = s = settings
+        self.status_socket = status_socket
         # A socket timeout a few seconds past the read's BLOCK: a Redis that vanishes without closing
         # connections is noticed in seconds, well inside the 30 s liveness window, not after minutes.
         # No transparent retries: redis-py would re-send a command whose reply was lost, and a read or a
@@ -155,7 +160,7 @@ class Daemon:
 
         def waiting() -> None:  # Redis not up yet: meanwhile /healthz says live, /readyz not ready
             self.last_loop = time.monotonic()
-            if s.metrics_port and not http_tried:
+            if self._serves_status and not http_tried:
                 http_tried.append(True)
                 self._http = self._status_server().start_or_warn()
 
@@ -198,7 +203,7 @@ class Daemon:
             target=self.leases.listen, args=(self._halt,), name="control", daemon=True
         )
         self._control.start()
-        if s.metrics_port and not http_tried:
+        if self._serves_status and not http_tried:
             # a port already taken is one warning naming app.metrics_port, and the daemon works on
             self._http = self._status_server().start_or_warn()
         log.info(
@@ -220,10 +225,14 @@ class Daemon:
             # a payload-lost entry has no task to find its run lock by: sweep now, not in 30 s
             self._maintenance_timer.run_soon(self.maintenance.sweep_job)
 
+    @property
+    def _serves_status(self) -> bool:
+        return bool(self.settings.metrics_port or self.status_socket)
+
     def _status_server(self) -> StatusServer:
         s = self.settings
         return StatusServer(s.metrics_host, s.metrics_port, live=self.health.live, ready=self.health.ready,
-                            registry=self.metrics.registry)  # fmt: skip
+                            registry=self.metrics.registry, sock=self.status_socket)  # fmt: skip
 
     def run(self) -> int:
         """Start, loop until asked to stop, drain, close. Returns the process exit code (0)."""

@@ -111,13 +111,22 @@ class Health:
 
 
 class StatusServer:
-    """Serves ``/metrics`` from a registry and ``/healthz`` / ``/readyz`` from two checks."""
+    """Serves ``/metrics`` from a registry and ``/healthz`` / ``/readyz`` from two checks; on ``sock``
+    (a listening socket handed down by a supervisor, ``run --processes``) instead of binding host:port."""
 
     def __init__(
-        self, host: str, port: int, *, live: Check, ready: Check, registry: CollectorRegistry
+        self,
+        host: str,
+        port: int,
+        *,
+        live: Check,
+        ready: Check,
+        registry: CollectorRegistry,
+        sock: socket.socket | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
+        self._sock = sock
         self.live = live
         self.ready = ready
         self.registry = registry
@@ -132,7 +141,7 @@ class StatusServer:
 
     def start(self) -> StatusServer:
         try:
-            self._server = _Server(self, self.host, self._requested_port)
+            self._server = _Server(self, self.host, self._requested_port, self._sock)
         except OSError as exc:
             where = f"{self.host}:{self._requested_port}"
             raise OSError(exc.errno, f"status server cannot listen on {where}: {exc.strerror}") from None
@@ -143,7 +152,7 @@ class StatusServer:
         this host with the default port) costs /metrics, /healthz and /readyz, never the daemon's work;
         the heartbeat still serves ``goodshunter-scheduler check``."""
         try:
-            self._server = _Server(self, self.host, self._requested_port)
+            self._server = _Server(self, self.host, self._requested_port, self._sock)
         except OSError as exc:
             log.warning(
                 "app.metrics_port %d: the status server cannot listen on %s:%d (%s); the daemon runs on "
@@ -177,11 +186,20 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung client must not keep the process alive at exit
     request_queue_size = 128  # socketserver's 5 drops a burst of probes' SYNs (1 s client retransmit)
 
-    def __init__(self, status: StatusServer, host: str, port: int) -> None:
+    def __init__(self, status: StatusServer, host: str, port: int, sock: socket.socket | None = None) -> None:
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.status = status
-        super().__init__((host, port), _Handler)
+        if sock is None:
+            super().__init__((host, port), _Handler)
+            return
+        # already bound and listening (its owner keeps it across restarts of this process): adopt it
+        self.address_family = sock.family
+        super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("status server: error answering %s", client_address[0] if client_address else "?")
