@@ -35,7 +35,7 @@ from scheduler.cli.common import (
 from scheduler.config.kinds import compact_duration
 from scheduler.config.settings import Settings
 from scheduler.errors import InvalidMessageError
-from scheduler.inspect.daemons import heartbeat_of
+from scheduler.inspect.daemons import Heartbeat, heartbeat_of
 from scheduler.inspect.deadletters import DeadLetter, dead_letters, every_dead_letter, named_dead_letters
 from scheduler.inspect.pending import PendingEntry, pending_entries
 from scheduler.inspect.queue import queue_stats
@@ -80,7 +80,8 @@ def register(sub: Subparsers) -> None:
         "check",
         help="health check: Redis answers and this consumer's heartbeat is fresh",
         description="Exit 0 when Redis answers and the daemon's heartbeat is at most three heartbeat "
-        "intervals old; else exit 1 with one line saying why. For container health checks.",
+        "intervals old; else exit 1 with one line saying why. For container health checks. With "
+        "app.processes N (run --processes), every one of the N daemons NAME-0 … NAME-(N-1) is checked.",
     )
     p.add_argument("--consumer", metavar="NAME", help="consumer name (default: app.consumer_name)")
     command(p, check)
@@ -273,26 +274,37 @@ def dlq_purge(args: argparse.Namespace, settings: Settings, client: redis.Redis)
 
 def check(args: argparse.Namespace) -> int:
     settings = settings_from(args, consumer_name=args.consumer)
-    name, target = settings.consumer_name, settings.redis_target()
+    # `run --processes N` runs consumers <name>-0 … <name>-(N-1): each is checked (--consumer: that one)
+    names = [settings.consumer_name] if args.consumer else settings.consumer_names()
+    target = settings.redis_target()
     # A health check must answer fast when Redis is gone: short timeouts, no retry, no extra PING.
     client = settings.redis_client(
         socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0), health_check_interval=0
     )
     try:
-        beat = heartbeat_of(client, settings.task_queue_stream, settings.task_queue_group, name)
+        beats = [
+            heartbeat_of(client, settings.task_queue_stream, settings.task_queue_group, n) for n in names
+        ]
     except redis.AuthenticationError:
         raise CliError(f"Redis at {target} refused the password") from None
     except redis.RedisError as exc:
         raise CliError(f"Redis at {target} is unreachable ({type(exc).__name__})") from None
     finally:
         client.close()
+    lines = [
+        _fresh(name, beat, 3 * settings.heartbeat_interval) for name, beat in zip(names, beats, strict=True)
+    ]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _fresh(name: str, beat: Heartbeat | None, limit: float) -> str:
     if beat is None:
         raise CliError(f"no heartbeat from consumer {name!r}: its daemon is not running")
     if beat.age_s is None:
         raise CliError(f"heartbeat of consumer {name!r} is unreadable")
-    age, limit = beat.age_s, 3 * settings.heartbeat_interval
+    age = beat.age_s
     if age > limit:
         raise CliError(f"heartbeat of consumer {name!r} is {age:.0f}s old (limit {limit:.0f}s)")
     busy, workers, circuit = beat.get("busy"), beat.get("workers"), beat.get("circuit")
-    print(f"ok: consumer {name} heartbeat {max(age, 0):.1f}s old, {busy}/{workers} busy, circuit {circuit}")
-    return EXIT_OK
+    return f"ok: consumer {name} heartbeat {max(age, 0):.1f}s old, {busy}/{workers} busy, circuit {circuit}"

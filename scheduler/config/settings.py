@@ -246,6 +246,13 @@ class Settings:
     def lease_renew_interval(self) -> float:
         return self.lease_timeout / 3
 
+    def consumer_names(self) -> list[str]:
+        """The consumers ``run`` starts: ``consumer_name``, or with ``processes`` > 1 its supervisor's
+        children ``<consumer_name>-0`` … ``-(N-1)`` (the supervisor itself is no consumer)."""
+        if self.processes == 1:
+            return [self.consumer_name]
+        return [f"{self.consumer_name}-{i}" for i in range(self.processes)]
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{spec.name}={spec.kind.show(getattr(self, spec.name))!r}" for spec in SPECS)
         return f"Settings({shown})"
