@@ -56,15 +56,16 @@ USER 10001:10001
 EXPOSE 9090
 
 # The daemon refreshes its heartbeat in Redis; `check` fails when Redis is unreachable or the heartbeat
-# of this container's consumer (APP_CONSUMER_NAME, default the hostname) is stale. The start period
-# covers connecting and creating the consumer group.
+# of this container's consumer (APP_CONSUMER_NAME, default the hostname; with APP_PROCESSES=N, of each
+# of its N daemons) is stale. The start period covers connecting and creating the consumer group.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["goodshunter-scheduler", "check"]
 
 # Exec form, no shell and no init: the daemon is PID 1 and receives SIGTERM itself. It installs its own
 # SIGTERM/SIGINT handlers (the kernel's PID 1 exemption only drops signals with default handlers) and
-# `run` starts no child processes, so nothing needs reaping. `docker run --init` adds tini if a
-# subcommand that spawns children (demo) is ever run as PID 1.
+# `run` leaves nothing to reap: with APP_PROCESSES > 1 it is the supervisor of its daemons, sends the
+# signal on and waits for each. `docker run --init` adds tini if a subcommand that spawns children
+# (demo) is ever run as PID 1.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["goodshunter-scheduler"]
 CMD ["run"]
