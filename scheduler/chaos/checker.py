@@ -177,10 +177,13 @@ def check(
     for c in strays[:20]:
         v.details["unexpected"].append(f"task {c.task_id} {c.code} at {c.start:.3f}")
     # tasks with an entry removed by a trim/DEL before anyone read it: their loss is the fault's
-    removed = {entry_task[e] for e in deleted.unread if e in entry_task}
+    # (by the task the fault saw in the entry first: after a DEL the recreated stream may give a later
+    # submit the same id, in the same millisecond)
+    seen = {**entry_task, **deleted.tasks}
+    removed = {seen[e] for e in deleted.unread if e in seen}
     # ...and tasks with an entry in progress when a DEL took the stream and its group away (a retry's new
     # entry too): no queue can finish work whose payload and pending list were deleted
-    removed |= {entry_task[e] for e in deleted.pending if e in entry_task}
+    removed |= {seen[e] for e in deleted.pending if e in seen}
     windows = [(e.t0 - EVERYSEC_WINDOW_S, e.t0) for e in events if e.kind == "redis-restart" and everysec]
     for task_id, mine in sorted(acked.items()):
         if task_id >= SHARED_BASE:

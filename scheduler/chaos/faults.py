@@ -129,7 +129,10 @@ class Injector(threading.Thread):
             if delete:
                 self.h.deleted.pending |= held  # every pending entry: the DEL took the group and its list
             what = "DEL" if delete else "XTRIM MAXLEN 0"
-            self.h.log(Event("trim", now, now, detail=f"{what}: {len(ids)} entries, {len(unread)} unread"))
+            # ends when the transaction ran (a CLIENT PAUSE holds it back; what it removed is as of then)
+            self.h.log(
+                Event("trim", now, time.time(), detail=f"{what}: {len(ids)} entries, {len(unread)} unread")
+            )
 
     # -- the proxy ------------------------------------------------------------------------------
 

@@ -62,6 +62,16 @@ def test_checker_entries_deleted_unread_are_the_faults_not_lost() -> None:
     assert (v.lost, v.deleted) == (0, 1)
 
 
+def test_checker_an_entry_id_reused_after_a_del_does_not_hide_the_deleted_task() -> None:
+    """Soak 0525: a DEL held back by CLIENT PAUSE removed the fresh stream holding task 742's entry; the
+    recreated stream gave task 743, submitted in the same millisecond, the same id. 742 is the fault's."""
+    submits = [Submit(742, "execute", 1.0, "5-0", 1.0), Submit(743, "execute", 1.1, "5-0", 1.1)]
+    deleted = Deleted(unread={"5-0"}, tasks={"5-0": 742})
+    calls = [Call(743, "item 743", "OK", 1.2, 1.3, 1)]
+    v = check(submits, calls, [], [], {1: "d1"}, deleted, everysec=False)
+    assert (v.lost, v.deleted, v.duplicated) == (0, 1, 0)
+
+
 def test_checker_ties_a_moved_retrys_dead_letter_to_its_task_and_names_moves_of_lost_tasks() -> None:
     submits = [Submit(1, "execute", 1.0, "1-0", 1.0), Submit(2, "execute", 1.5, "2-0", 1.5)]
     dead = [DeadLetter(None, "9-0", "payload_lost: entry was trimmed or deleted", 5.0)]
