@@ -37,11 +37,19 @@ class Row:
     details: dict[str, list[str]] = field(default_factory=dict)
     error: str = ""
     seconds: float = 0.0
+    # a scenario's own columns, in order (the GoodsHunter data path's, gh_checks), and those of them that
+    # must be 0; printed as a second table by data_table
+    data: dict[str, int] = field(default_factory=dict)
+    must_be_zero: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the scenario could not run here (e.g. no MariaDB): neither ok nor a failure
 
     @property
     def ok(self) -> bool:
+        if self.skipped:
+            return True
         return (
             not self.error
+            and all(self.data.get(name, 0) == 0 for name in self.must_be_zero)
             and self.lost == 0
             and self.unexpected == 0
             and self.duplicated <= self.bound
@@ -52,6 +60,8 @@ class Row:
 
     @property
     def verdict(self) -> str:
+        if self.skipped:
+            return "skipped"
         if self.error:
             return "ERROR"
         return "ok" if self.ok else "FAIL"
@@ -77,8 +87,25 @@ class Row:
 
 
 def table(rows: list[Row]) -> str:
-    grid = [list(COLUMNS), *(row.cells() for row in rows)]
-    widths = [max(len(line[i]) for line in grid) for i in range(len(COLUMNS))]
+    return _aligned([list(COLUMNS), *(row.cells() for row in rows)])
+
+
+def data_table(rows: list[Row]) -> str:
+    """The scenarios' own columns (rows that have some), or ''."""
+    mine = [row for row in rows if row.data]
+    names = list(dict.fromkeys(name for row in mine for name in row.data))
+    if not mine:
+        return ""
+    grid = [["scenario", "seed", *names, "verdict"]]
+    grid += [
+        [row.scenario, row.seed, *(str(row.data.get(n, "")) for n in names), row.verdict] for row in mine
+    ]
+    return _aligned(grid)
+
+
+def _aligned(grid: list[list[str]]) -> str:
+    """Columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(line[i]) for line in grid) for i in range(len(grid[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in grid]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

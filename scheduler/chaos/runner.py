@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "redis-restart-everysec": ("redis-restart",),
     "backlog": ("backlog",),
     "mixed": MIXED,
+    "mysql-kill9": ("mysql", "kill9"),  # app.task_store = mysql, kill -9 every 1-3 s (gh_run)
     "none": (),  # no fault: the baseline (shared tasks' stops and re-enables still run)
 }
 
