@@ -29,6 +29,9 @@ that one host's daemons use more than one core (a daemon's crawls share one inte
 
 What else one daemon has per process follows its consumer name: heartbeat key, Redis client names, the
 mailer's consumer. All children log to the supervisor's stdout/stderr (one whole line per write).
+
+(Just over 300 lines, a third of it this explanation: a child's life, from start to restart to stop, is
+one state machine, kept whole; the group's status server is ``web.group``.)
 """
 
 from __future__ import annotations
