@@ -369,8 +369,8 @@ def test_a_refused_redis_write_is_a_response_error_the_runner_retries_with_back_
 
 
 def test_the_outbox_trim_keeps_every_unmailed_event(db: Database, r: redis.Redis) -> None:
-    from scheduler.metrics import Metrics
     from scheduler.daemon import datapath
+    from scheduler.metrics import Metrics
 
     settings = load_settings(env={"APP_TASK_STORE": "mysql", "MYSQL_DSN": db.dsn, "APP_METRICS_PORT": "0",
                                   "EMAIL_SMTP_HOST": "127.0.0.1", "EMAIL_FROM_EMAIL": "a@example.com"})  # fmt: skip
