@@ -88,6 +88,22 @@ def test_a_user_create_made_after_the_stop_restarts_the_task(
     assert r.zscore(keys.schedule_set(keys.DEFAULT_STREAM), "6") is not None
 
 
+def test_a_users_execute_during_a_crawl_gets_a_crawl_that_starts_after_it(
+    daemon: Daemon, crawler_stub: CrawlerStub, r: redis.Redis
+) -> None:
+    """The crawl in flight may have fetched before the user asked: the request waits for it (deferred,
+    no retry counted) and then runs; acknowledged as a duplicate it went unanswered."""
+    Lifecycle(daemon.settings, r).register([TaskSpec(8, "slow;delay=600")])
+    wait_until(lambda: crawler_stub.active_calls == 1, 5, what="the first crawl in flight")
+    asked = time.time()
+    Producer(r).submit_task(8, "user_create")
+    wait_until(lambda: statuses(r, [8])[8] == "success" and len(crawler_stub.calls) == 2, 10,
+               what="a second crawl")  # fmt: skip
+    assert crawler_stub.calls[1]["ts"] > asked
+    wait_until(lambda: pending_count(r) == 0, 5)
+    assert processed(daemon, "deferred") >= 1 and processed(daemon, "duplicate") == 0
+
+
 def test_stop_message_cancels_an_in_flight_crawl_in_this_process(
     daemon: Daemon, crawler_stub: CrawlerStub, r: redis.Redis
 ) -> None:

@@ -91,9 +91,11 @@ def test_a_run_still_held_is_skipped_not_stacked(life: Lifecycle, r: redis.Redis
     assert r.xlen(S) == 1
 
 
-def lock(life: Lifecycle, consumer: Consumer, task_id: int, entry_id: str, retry: int = 0) -> str:
+def lock(
+    life: Lifecycle, consumer: Consumer, task_id: int, entry_id: str, retry: int = 0, by_user: bool = False
+) -> str:
     _, [verdict] = life.verdicts(life.lock_runs([RunRequest(task_id, entry_id, entry_stamp(entry_id), retry,
-                                                            False)], consumer.name))  # fmt: skip
+                                                            by_user)], consumer.name))  # fmt: skip
     return verdict
 
 
@@ -118,6 +120,35 @@ def test_run_locks_collapse_duplicates_and_satisfied_requests(
     consumer.read(10, block_ms=100)
     requests = [RunRequest(t, e, entry_stamp(e), 0, False) for t, e in ((10, a), (10, b), (11, c))]
     assert life.verdicts(life.lock_runs(requests, consumer.name))[1] == ["run", "duplicate", "run"]
+
+
+def test_a_users_request_behind_a_delivered_run_waits_for_it_instead_of_collapsing(
+    settings: Settings, life: Lifecycle, r: redis.Redis
+) -> None:
+    """A user's "run now" while a run of the task is delivered (its crawl may have started before the
+    request) was acknowledged as a duplicate and went unanswered; a queued or parked run starts after the
+    request and still answers it."""
+    consumer = Consumer(r, None, S, settings.task_queue_group, "c")
+    consumer.ensure_group()
+    [running] = Producer(r).submit_many([21])
+    consumer.read(10, block_ms=100)
+    assert lock(life, consumer, 21, running) == "run"
+    [asked] = Producer(r).submit_many([21])
+    consumer.read(10, block_ms=100)
+    assert lock(life, consumer, 21, asked, by_user=True) == "behind"
+    assert lock(life, consumer, 21, asked, by_user=False) == "duplicate"  # a periodic run: collapsed
+    assert (
+        lock(life, consumer, 21, asked, retry=1, by_user=True) == "duplicate"
+    )  # a second run of one request
+    asked_first, queued_run = Producer(r).submit_many([22, 22])
+    consumer.read(1, block_ms=100)  # delivers asked_first only
+    r.set(life.lock_key(22), queued_run)  # a run queued, not yet delivered: it starts after the request
+    assert lock(life, consumer, 22, asked_first, by_user=True) == "duplicate"
+    r.set(life.lock_key(23), "retry:9-9:99999999999999")  # a parked retry: it starts later, and answers
+    r.zadd(f"{S}:delayed", {"9-9|{}": 99999999999999})
+    [late] = Producer(r).submit_many([23])
+    consumer.read(10, block_ms=100)
+    assert lock(life, consumer, 23, late, by_user=True) == "duplicate"
 
 
 def test_a_lock_naming_no_live_run_is_taken_over(settings: Settings, life: Lifecycle, r: redis.Redis) -> None:

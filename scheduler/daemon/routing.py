@@ -8,7 +8,8 @@ from scheduler.taskqueue import StreamMessage
 from scheduler.tasks.lifecycle import Verdict
 from scheduler.tasks.registry import TaskSpec
 
-DEFER_S = 1.0  # a re-enable waiting for the stopped task's previous run to end looks again this often
+DEFER_S = 1.0  # a request waiting for the task's previous run to end looks again this often
+DEFERRED = Retry(DEFER_S, False, "", "DEFERRED", 0.0)  # no retry counted, no status written
 
 
 def route(
@@ -26,10 +27,15 @@ def route(
     if spec.status == "stopped":
         if not owns_status or not _restarts(msg, spec):
             return Skip("skipped")
-        if verdict == "duplicate":
+        if verdict in ("duplicate", "behind"):
             # a re-enable behind a run of the stopped task (queued before the stop, or a crawl the stop
             # is cancelling): acked as a duplicate it would be lost; it comes back once that run is over
-            return Retry(DEFER_S, False, "", "DEFERRED", 0.0)
+            return DEFERRED
+    if verdict == "behind":
+        # a user's request while a run of the task is delivered, maybe crawling since before the request:
+        # acked as a duplicate it would go unanswered; it comes back once that run is over, and is
+        # 'satisfied' then if that crawl started after the request was made
+        return DEFERRED
     if verdict in ("duplicate", "satisfied"):
         return Skip("duplicate")
     return None

@@ -30,7 +30,7 @@ from scheduler.tasks.registry import RedisTaskRegistry, TaskRegistry, TaskSpec
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["run", "healed", "duplicate", "satisfied", "gone"]
+Verdict = Literal["run", "healed", "duplicate", "behind", "satisfied", "gone"]
 Change = Literal["applied", "stale", "unknown"]
 
 

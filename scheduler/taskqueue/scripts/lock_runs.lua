@@ -7,7 +7,8 @@
 --       entry's id as ms * 1000 + seq), retry, '1' for a user's request ('' otherwise).
 -- Returns {Redis time ms, then one verdict per entry}: 'run' (the entry now holds its task's run lock),
 -- 'healed' (the same, taking over a lock that named no live run), 'duplicate' (a live run of the task is
--- queued, parked or in flight), 'satisfied' (a crawl that started after this request was made has
+-- queued, parked or in flight), 'behind' (a user's first request while a run is delivered: it may have
+-- started before the request, so the request waits for it instead of being collapsed), 'satisfied' (a crawl that started after this request was made has
 -- already succeeded), 'gone' (the entry is no longer pending to this consumer: nothing taken).
 -- Safe to run twice: an entry that holds the lock gets 'run' again. Entries of one task in one batch:
 -- the first runs, the others are duplicates.
@@ -33,8 +34,12 @@ for i = 5, #KEYS do
       -- over by the retried message, as that release did
       if retry > 0 and string.sub(owner, 1, 6) == 'retry:' and not string.find(owner, ':', 7, true) then
         verdict = 'run'
+      elseif ARGV[a + 4] == '1' and retry == 0 and pending_to(stream, group, owner) then
+        -- a user's request behind a run already delivered, whose crawl may have started before the
+        -- request was made: it waits for that run to end (then 'satisfied' if a crawl started after it)
+        verdict = 'behind'
       else
-        verdict = 'duplicate'
+        verdict = 'duplicate'  -- queued or parked: that run starts after this request, and answers it
       end
     else
       verdict = owner and 'healed' or 'run'
