@@ -190,13 +190,17 @@ class Mailer:
             self._hook(self.failed, kind)
             self._outbox.ack(entry_id)
             return
-        log.info("notification mailed", extra=extra)
-        self._hook(self.sent, kind)
+        # the receipt first, the log line and the count after: a kill between the SMTP server's accept and
+        # the receipt resends the mail (same Message-ID); nothing else may sit in that window
         try:
             self._outbox.record(entry_id)
         except redis.RedisError:
             self._unrecorded.add(entry_id)
+            log.info("notification mailed", extra=extra)
+            self._hook(self.sent, kind)
             raise
+        log.info("notification mailed", extra=extra)
+        self._hook(self.sent, kind)
 
     def _send(self, entry_id: str, message: EmailMessage, retrying: Retrying) -> None:
         to = parseaddr(str(message["To"]))[1]
