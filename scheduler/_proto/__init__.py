@@ -1,1 +1,1 @@
-"""Generated from proto/ by `python -m scheduler.protogen`; do not edit by hand."""
+"""Generated from proto/ by `python -m scheduler.devtools.protogen`; do not edit by hand."""

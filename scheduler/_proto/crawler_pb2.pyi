@@ -3,7 +3,7 @@
 isort:skip_file
 The crawler wire contract (CONTRACT.md §2), wire-compatible with the original GoodsHunter crawler.
 Field numbers and names are fixed: change them only together with the crawler.
-Regenerate the Python code with `python -m scheduler.protogen`.
+Regenerate the Python code with `python -m scheduler.devtools.protogen`.
 """
 
 from collections import abc as _abc

@@ -8,5 +8,6 @@ docs/CONFIGURATION.md and configs/config.example.json are generated from the sam
 test keeps them in step.
 
 Modules: ``settings`` (the table), ``load`` (``load_settings``), ``kinds`` (reading and showing values),
-``dsn`` (the Go MySQL DSN), ``redaction`` (secrets), ``durations`` (Go duration text), ``docs``.
+``addresses`` (host:port, the Go MySQL DSN), ``redaction`` (secrets), ``durations`` (Go duration text),
+``docs``.
 """

@@ -6,8 +6,10 @@ for the embedded registry, so any number of daemons publish each task once per p
 
 Safe with several daemons syncing at once: adds are ZADD NX; removals are of tasks this sync saw scheduled
 before it read the rows, so a task another sync added meanwhile stays. A stale add (a row stopped between
-one daemon's read and its write) costs one execute, skipped when read; a stale removal (a row stopped and
-started again between this sync's two reads) costs a wait until the next sync."""
+one daemon's read and its write) costs one execute, skipped when read. Two windows remain, each costing a
+wait until the next sync (≤ 30 s; a re-enable's own execute runs the task meanwhile): a removal on a row
+read as stopped after another sync re-added the task, and a task a stop unscheduled and the API restarted
+between this sync's two reads (in the schedule read, running in the row read: neither added nor removed)."""
 
 from __future__ import annotations
 
