@@ -52,6 +52,10 @@ CUMULATIVE = frozenset({"counter", "histogram", "summary"})  # summed, carried a
 REQUEST_TIMEOUT_S = 1.5  # per member; members are asked in parallel, inside a 3 s probe timeout
 STARTUP_S = 60.0  # a member not answering yet is starting, this long (the pod's startup probe)
 REFRESH_S = 5.0
+# the group's own series, beside its members' (docs/OPERATIONS.md lists them)
+PROCESSES = "goodshunter_supervisor_processes"
+RESTARTS = "goodshunter_supervisor_restarts"
+SUPERVISOR_SERIES = (PROCESSES, RESTARTS + "_total")
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 
@@ -207,14 +211,12 @@ class GroupStatus:
         return gauges
 
     def _own(self, members: Sequence[Member]) -> Iterable[Metric]:
-        running = Metric("goodshunter_supervisor_processes", "Daemon processes running now.", "gauge")
-        running.add_sample("goodshunter_supervisor_processes", {}, sum(m.pid is not None for m in members))
+        running = Metric(PROCESSES, "Daemon processes running now.", "gauge")
+        running.add_sample(PROCESSES, {}, sum(m.pid is not None for m in members))
         yield running
-        restarts = Metric(
-            "goodshunter_supervisor_restarts", "Daemon processes restarted after they exited.", "counter"
-        )
+        restarts = Metric(RESTARTS, "Daemon processes restarted after they exited.", "counter")
         for member in members:
-            restarts.add_sample("goodshunter_supervisor_restarts_total", {"consumer": member.name},
+            restarts.add_sample(RESTARTS + "_total", {"consumer": member.name},
                                 member.restarts)  # fmt: skip
         yield restarts
 
