@@ -1,4 +1,8 @@
-"""One scenario, start to end: servers, daemons, producer and faults, then quiescence and the checks."""
+"""One scenario, start to end: servers, daemons, producer and faults, then quiescence and the checks.
+
+(Over 300 lines: one scenario's whole life, start to verdict, reads best as one sequence; its parts
+(cluster, faults, producer, checker) are their own modules.)
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ gives the same answer.
 Reads are not safe to send twice (a second ``XREADGROUP >`` delivers other entries, and the first reply's
 entries would sit in this consumer's pending list with no one working on them): after any failed or
 unanswered read the caller takes them up again with ``recover``.
+
+(Over 300 lines: the Go package's Consumer API in one class, as the contract names it; every ending's script
+is in ``endings``.)
 """
 
 from __future__ import annotations
