@@ -10,14 +10,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 import redis
 
 from crawler_stub import CrawlerStub
-from scheduler.config.load import load_settings
 from scheduler.daemon.app import Daemon
 from scheduler.daemon.leases import Running
 from scheduler.daemon.outcomes import LeavePending, Skip
@@ -25,35 +22,17 @@ from scheduler.daemon.timers import Job, TimerThread
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Consumer, Producer, StreamMessage, keys
 from scheduler.tasks.registry import TaskSpec
+from tests.daemon_parts import counter, crawling, wired_daemons
 from tests.e2e.support import wait_until
 
 S, G = keys.DEFAULT_STREAM, keys.DEFAULT_GROUP
 CHANNEL = keys.control_channel(S)
-NO_CRAWLER = "127.0.0.1:9"  # tests without a crawl never call it
 
 
 @pytest.fixture
 def wired(redis_server: RedisServer, r: redis.Redis) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
-
-    def make(name: str = "a", **env: str) -> Daemon:
-        settings = load_settings(
-            env={
-                "REDIS_URL": redis_server.url,
-                "APP_CRAWLER_GRPC_ADDR": NO_CRAWLER,
-                "APP_CONSUMER_NAME": name,
-                "APP_METRICS_PORT": "0",
-                **env,
-            }
-        )
-        daemon = Daemon(settings, handle_signals=False)
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.crawler.close()
-        daemon.redis.close()
+    with wired_daemons(redis_server.url) as make:
+        yield make
 
 
 def read(daemon: Daemon, *task_ids: int) -> list[StreamMessage]:
@@ -74,27 +53,10 @@ def hold(daemon: Daemon, *task_ids: int) -> list[Running]:
     return held
 
 
-@contextmanager
-def crawling(*runs: Running) -> Iterator[ThreadPoolExecutor]:
-    """Worker threads for these runs' crawls; on the way out every one of them is cancelled, so a test that
-    fails never waits on a hung crawl."""
-    pool = ThreadPoolExecutor(len(runs))
-    try:
-        yield pool
-    finally:
-        for running in runs:
-            running.token.cancel()
-        pool.shutdown(wait=True)
-
-
 def pending(r: redis.Redis) -> dict[str, dict[str, object]]:
     """Entry id → its row in the group's pending list (consumer, idle ms, deliveries)."""
     rows = r.xpending_range(S, G, min="-", max="+", count=100)
     return {row["message_id"].decode(): row for row in rows}
-
-
-def counter(daemon: Daemon, name: str) -> float:
-    return float(getattr(daemon.metrics, name)._value.get())
 
 
 # -- renewal ---------------------------------------------------------------------------------------------

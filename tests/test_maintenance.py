@@ -18,7 +18,6 @@ import pytest
 import redis
 
 from crawler_stub import CrawlerStub
-from scheduler.config.load import load_settings
 from scheduler.daemon import maintenance
 from scheduler.daemon.app import Daemon
 from scheduler.daemon.startup import prepare
@@ -27,34 +26,16 @@ from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Producer, StreamMessage, decode, keys
 from scheduler.tasks.lifecycle import RunRequest
 from scheduler.tasks.registry import TaskSpec
+from tests.daemon_parts import wired_daemons
 from tests.e2e.support import wait_until
 
 S, G = keys.DEFAULT_STREAM, keys.DEFAULT_GROUP
-NO_CRAWLER = "127.0.0.1:9"  # the jobs that do not ask the crawler never call it
 
 
 @pytest.fixture
 def wired(redis_server: RedisServer, r: redis.Redis) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
-
-    def make(name: str = "a", **env: str) -> Daemon:
-        settings = load_settings(
-            env={
-                "REDIS_URL": redis_server.url,
-                "APP_CRAWLER_GRPC_ADDR": NO_CRAWLER,
-                "APP_CONSUMER_NAME": name,
-                "APP_METRICS_PORT": "0",
-                **env,
-            }
-        )
-        daemon = Daemon(settings, handle_signals=False)
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.crawler.close()
-        daemon.redis.close()
+    with wired_daemons(redis_server.url) as make:
+        yield make
 
 
 def value(metric: object) -> float:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -34,6 +32,7 @@ from scheduler.errors import CrawlerError
 from scheduler.taskqueue import Producer, StreamMessage, TaskMessage, keys
 from scheduler.taskqueue.message import parse_timestamp
 from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
+from tests.daemon_parts import counter, crawling, wired_daemons
 from tests.e2e.support import wait_until
 
 RULES = load_settings(
@@ -132,32 +131,11 @@ def wired(
     redis_server: RedisServer, r: redis.Redis, crawler_stub: CrawlerStub
 ) -> Iterator[Callable[..., Daemon]]:
     """A daemon's parts as ``Daemon`` wires them (not started); its crawler client connected."""
-    made: list[Daemon] = []
-
-    def make(**env: str) -> Daemon:
-        settings = load_settings(
-            env={
-                "REDIS_URL": redis_server.url,
-                "APP_CRAWLER_GRPC_ADDR": crawler_stub.address,
-                "APP_CONSUMER_NAME": "runner",
-                "APP_METRICS_PORT": "0",
-                "APP_CRAWLER_ATTEMPTS": "1",
-                "APP_MAX_RETRY": "3",
-                "APP_RETRY_BACKOFF_BASE": "1s",
-                "APP_RETRY_BACKOFF_MAX": "8s",
-                "APP_BREAKER_FAILURE_THRESHOLD": "2",
-                **env,
-            }
-        )
-        daemon = Daemon(settings, handle_signals=False)
-        daemon.crawler.start()
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.crawler.close()
-        daemon.redis.close()
+    with wired_daemons(
+        redis_server.url, crawler_stub.address, connect=True, APP_CRAWLER_ATTEMPTS="1", APP_MAX_RETRY="3",
+        APP_RETRY_BACKOFF_BASE="1s", APP_RETRY_BACKOFF_MAX="8s", APP_BREAKER_FAILURE_THRESHOLD="2",
+    ) as make:  # fmt: skip
+        yield lambda **env: make("runner", **env)
 
 
 def execute(task_id: int, retry: int = 0, source: str = "periodic") -> StreamMessage:
@@ -172,23 +150,6 @@ def read_one(daemon: Daemon, publish: Callable[[], str]) -> StreamMessage:
     entry_id = publish()
     [msg] = [m for m in daemon.consumer.read(10, block_ms=100) if m.id == entry_id]
     return msg
-
-
-@contextmanager
-def crawling(*runs: Running) -> Iterator[ThreadPoolExecutor]:
-    """Worker threads for these runs' crawls; on the way out every one of them is cancelled, so a test that
-    fails never waits on a hung crawl."""
-    pool = ThreadPoolExecutor(len(runs))
-    try:
-        yield pool
-    finally:
-        for running in runs:
-            running.token.cancel()
-        pool.shutdown(wait=True)
-
-
-def counter(daemon: Daemon, metric: str) -> float:
-    return float(getattr(daemon.metrics, metric)._value.get())
 
 
 def test_a_successful_crawl_is_a_success_with_the_crawlers_items(
