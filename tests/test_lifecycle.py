@@ -140,10 +140,17 @@ def test_a_users_request_behind_a_delivered_run_waits_for_it_instead_of_collapsi
     assert (
         lock(life, consumer, 21, asked, retry=1, by_user=True) == "duplicate"
     )  # a second run of one request
-    asked_first, queued_run = Producer(r).submit_many([22, 22])
-    consumer.read(1, block_ms=100)  # delivers asked_first only
-    r.set(life.lock_key(22), queued_run)  # a run queued, not yet delivered: it starts after the request
-    assert lock(life, consumer, 22, asked_first, by_user=True) == "duplicate"
+    r.hset(life.last_success, "21", int(asked.split("-")[0]))  # a crawl started as it was made: answered
+    assert lock(life, consumer, 21, asked, by_user=True) == "satisfied"
+    r.hdel(life.last_success, "21")
+    # a holder idle past the lease is dead or abandoned: waiting for it could last until its lock's TTL
+    r.xclaim(S, settings.task_queue_group, "c", 0, [running], idle=int(settings.lease_timeout * 1000) + 1000)
+    assert lock(life, consumer, 21, asked, by_user=True) == "duplicate"
+    # a holder added after the request starts after it, and answers it
+    asked_first, holder = Producer(r).submit_many([25, 25])
+    consumer.read(10, block_ms=100)
+    assert lock(life, consumer, 25, holder) == "run"
+    assert lock(life, consumer, 25, asked_first, by_user=True) == "duplicate"
     r.set(life.lock_key(23), "retry:9-9:99999999999999")  # a parked retry: it starts later, and answers
     r.zadd(f"{S}:delayed", {"9-9|{}": 99999999999999})
     [late] = Producer(r).submit_many([23])

@@ -25,7 +25,7 @@ def test_noscript_reissues_only_the_script_calls(r: redis.Redis) -> None:
                  keys.run_lock_key(S, 1)]  # fmt: skip
 
     def build(pipe: redis.Redis) -> None:
-        scripts.queue(pipe, "lock_runs", lock_keys, [G, "c", 1000, first, 1, 1, 0, ""])
+        scripts.queue(pipe, "lock_runs", lock_keys, [G, "c", 1000, 30000, first, 1, 1, 0, ""])
         consumer.queue_read(pipe, 10)  # runs once: a second XREADGROUP > would find nothing
 
     (_, verdict), reply = scripts.execute(build)

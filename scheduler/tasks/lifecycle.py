@@ -186,7 +186,12 @@ class Lifecycle:
         """Queue (on ``pipe``) or run the run-lock script for these requests; ``verdicts`` reads the reply."""
         keys_ = [self.stream, self.delayed, self.last_success, keys.run_requests_hash(self.stream),
                  *(self.lock_key(r.task_id) for r in requests)]  # fmt: skip
-        args: list[str | int] = [self.group, consumer, self.lock_ttl_ms]
+        args: list[str | int] = [
+            self.group,
+            consumer,
+            self.lock_ttl_ms,
+            int(self.settings.lease_timeout * 1000),
+        ]
         for r in requests:
             args += [r.entry_id, r.task_id, r.requested_at, r.retry, "1" if r.by_user else ""]
         if pipe is not None:
