@@ -192,10 +192,10 @@ def test_the_gauges_are_the_queues_real_lengths(wired: Callable[..., Daemon], r:
     assert daemon.consumer.dead_letter(dead, "permanent: INVALID_ARGUMENT: x")
     daemon.maintenance.refresh_gauges()
     [group] = r.xinfo_groups(S)
-    # Redis 7 answers lag nil when it cannot say (CI once saw it here): the gauge then keeps its value
-    lag = 6 if group["lag"] is not None else 0
+    # Redis 6.2 has no lag (./dev test puts the venv's bundled 6.2 first on PATH): the gauge keeps its value
+    lag = 6 if group.get("lag") is not None else 0
     assert gauges(daemon) == {"length": 10, "pending": 1, "lag": lag, "delayed": 1, "dlq": 1}
-    assert (r.xlen(S), group["pending"], group["lag"]) in ((10, 1, 6), (10, 1, None))
+    assert (r.xlen(S), group["pending"], group.get("lag")) in ((10, 1, 6), (10, 1, None))
     assert (r.zcard(keys.delayed_set(S)), r.xlen(keys.dlq_stream(S))) == (1, 1)
     r.xgroup_destroy(S, G)  # no group: nothing pending, the whole stream waiting
     daemon.maintenance.refresh_gauges()
