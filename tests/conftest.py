@@ -111,7 +111,8 @@ def daemons(tmp_path: Path, redis_server: RedisServer, r: redis.Redis) -> Iterat
 @pytest.fixture(scope="session")
 def mysql_database() -> Iterator[object]:
     """A private GoodsHunter database on the machine's MariaDB/MySQL (skips when none answers)."""
-    from tests.mysql.database import session_database, unreachable_reason
+    from scheduler.devtools.private_mysql import unreachable_reason
+    from tests.mysql.database import session_database
 
     reason = unreachable_reason()
     if reason:

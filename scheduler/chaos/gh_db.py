@@ -1,10 +1,7 @@
 """A private GoodsHunter database for one chaos run, on a real MariaDB/MySQL server.
 
-The server is ``GOODSHUNTER_TEST_MYSQL`` (a Go DSN without the database, e.g. ``root@tcp(127.0.0.1:3306)/``)
-or, by default, 127.0.0.1:3306 as root with an empty password, as for tests/mysql (whose
-``database.py`` does the same for the tests; the harness cannot import tests/, so the few lines are
-here). A database ``gh_test_<random>`` is made from tests/mysql/goodshunter_schema.sql (the one copy of
-GoodsHunter's tables; the harness runs from the source tree) and dropped by ``drop``.
+The database is ``devtools.private_mysql``'s, as the tests make it (GoodsHunter's tables from the one schema
+file), on the same server.
 
 Beside GoodsHunter's tables, ``chaos_audit`` is filled by two triggers, so the checks see every write
 with its time on the machine's clock (the daemons never read it): ``linked`` per new ``task_items`` row
@@ -14,21 +11,16 @@ crawl's last write, just before its entry is acknowledged; ``baseline`` when it 
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pymysql
 
-from scheduler.config.addresses import MysqlTarget, parse_go_dsn
+from scheduler.devtools.private_mysql import PrivateDatabase
 
-SCHEMA = Path(__file__).resolve().parents[2] / "tests" / "mysql" / "goodshunter_schema.sql"
-DEFAULT_SERVER = "root@tcp(127.0.0.1:3306)/mysql"
 AUDIT = [
     "CREATE TABLE chaos_audit (id bigint unsigned AUTO_INCREMENT PRIMARY KEY, task_id bigint unsigned"
     " NOT NULL, kind varchar(8) NOT NULL, at decimal(17,6) NOT NULL, INDEX (task_id, at))",
@@ -39,25 +31,6 @@ AUDIT = [
     "CREATE TRIGGER chaos_linked AFTER INSERT ON task_items FOR EACH ROW"
     " INSERT INTO chaos_audit (task_id, kind, at) VALUES (NEW.task_id, 'linked', UNIX_TIMESTAMP(SYSDATE(6)))",
 ]
-
-
-def server_target() -> MysqlTarget:
-    dsn = os.environ.get("GOODSHUNTER_TEST_MYSQL") or DEFAULT_SERVER
-    return parse_go_dsn(dsn if not dsn.endswith("/") else dsn + "mysql")
-
-
-def unreachable_reason() -> str | None:
-    """Why the scenario cannot run here (one line), or None."""
-    t = server_target()
-    if not SCHEMA.exists():
-        return f"GoodsHunter's schema {SCHEMA} is not here (the harness runs from the source tree)"
-    try:
-        pymysql.connect(host=t.host, port=t.port, user=t.user or None, password=t.password,
-                        connect_timeout=2).close()  # fmt: skip
-    except pymysql.MySQLError as exc:
-        why = exc.args[-1] if exc.args else exc
-        return f"no MySQL/MariaDB server at {t.host}:{t.port} ({why}); set GOODSHUNTER_TEST_MYSQL"
-    return None
 
 
 @dataclass(frozen=True)
@@ -74,35 +47,11 @@ class Audit:
     at: float
 
 
-class GoodsHunterDb:
+class GoodsHunterDb(PrivateDatabase):
     def __init__(self) -> None:
-        self.server = server_target()
-        self.name = f"gh_test_{secrets.token_hex(4)}"
+        super().__init__(AUDIT)
         self._lock = threading.Lock()  # one connection, used by the feeder and the checks' threads
-        admin = self._connect(None)
-        try:
-            with admin.cursor() as cur:
-                cur.execute(f"CREATE DATABASE {self.name} CHARACTER SET utf8mb4")
-        finally:
-            admin.close()
-        self.conn = self._connect(self.name)
         self._watch: pymysql.connections.Connection[Any] | None = None
-        lines = [line for line in SCHEMA.read_text().splitlines() if not line.strip().startswith("--")]
-        statements = [s for s in "\n".join(lines).split(";") if s.strip()]
-        for statement in statements + AUDIT:
-            self.execute(statement)
-
-    def _connect(self, database: str | None) -> pymysql.connections.Connection[Any]:
-        t = self.server
-        return pymysql.connect(host=t.host, port=t.port, user=t.user or None, password=t.password,
-                               database=database, autocommit=True, charset="utf8mb4")  # fmt: skip
-
-    @property
-    def dsn(self) -> str:
-        """The daemons' MYSQL_DSN, in the Go driver's form."""
-        t = self.server
-        creds = f"{t.user}:{t.password}@" if t.password else (f"{t.user}@" if t.user else "")
-        return f"{creds}tcp({t.host}:{t.port})/{self.name}?parseTime=true&loc=Local"
 
     def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         with self._lock, self.conn.cursor() as cur:
@@ -187,9 +136,7 @@ class GoodsHunterDb:
         return int(self.query(f"SELECT COUNT(*) FROM {table}")[0][0])
 
     def drop(self) -> None:
-        try:
-            if self._watch is not None:
-                self._watch.close()
-            self.execute(f"DROP DATABASE IF EXISTS {self.name}")
-        finally:
-            self.conn.close()
+        if self._watch is not None:
+            self._watch.close()
+        with self._lock:
+            super().drop()

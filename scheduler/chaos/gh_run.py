@@ -32,7 +32,7 @@ import redis
 from scheduler.chaos.cluster import GROUP, LEASE_TIMEOUT_S, STREAM, Daemon
 from scheduler.chaos.faults import FAULTS, Event, Injector
 from scheduler.chaos.gh_checks import CHECKS, Kill, Observed, gh_check
-from scheduler.chaos.gh_db import GoodsHunterDb, TaskRow, unreachable_reason
+from scheduler.chaos.gh_db import GoodsHunterDb, TaskRow
 from scheduler.chaos.gh_feed import RowFeeder
 from scheduler.chaos.gh_kill import FastKill
 from scheduler.chaos.gh_mail import MailSink
@@ -42,6 +42,7 @@ from scheduler.chaos.proxy import FaultyProxy
 from scheduler.chaos.report import Row
 from scheduler.chaos.runner import Options, Run
 from scheduler.chaos.state import entry_key, text
+from scheduler.devtools.private_mysql import unreachable_reason
 from scheduler.devtools.redis_server import free_port
 from scheduler.taskqueue import keys
 

@@ -1,73 +1,24 @@
 """A private GoodsHunter database per test session on a real MariaDB/MySQL server.
 
-The server is ``GOODSHUNTER_TEST_MYSQL`` (a Go DSN without the database, e.g. ``root@tcp(127.0.0.1:3306)/``)
-or, by default, 127.0.0.1:3306 as root with an empty password (machines of this kind and CI run MariaDB
-there). A database ``gh_test_<random>`` is created from ``goodshunter_schema.sql`` and dropped at the end.
-Where no server answers, the tests that need it skip with one line saying why.
+``scheduler.devtools.private_mysql`` makes it (the harness's scenario uses the same); this adds the rows as
+the API writes them and the reads the tests check. Where no server answers, the tests that need it skip with
+one line saying why (``unreachable_reason``).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import pymysql
-import pymysql.cursors
-
-from scheduler.config.addresses import MysqlTarget, parse_go_dsn
-
-SCHEMA = Path(__file__).with_name("goodshunter_schema.sql")
-DEFAULT_SERVER = "root@tcp(127.0.0.1:3306)/mysql"
+from scheduler.devtools.private_mysql import PrivateDatabase
 
 
-def server_target() -> MysqlTarget:
-    dsn = os.environ.get("GOODSHUNTER_TEST_MYSQL") or DEFAULT_SERVER
-    return parse_go_dsn(dsn if not dsn.endswith("/") else dsn + "mysql")
-
-
-def unreachable_reason() -> str | None:
-    t = server_target()
-    try:
-        pymysql.connect(host=t.host, port=t.port, user=t.user or None, password=t.password,
-                        connect_timeout=2).close()  # fmt: skip
-    except pymysql.MySQLError as exc:
-        return f"no MySQL/MariaDB server at {t.host}:{t.port} ({exc.args[-1] if exc.args else exc}); set GOODSHUNTER_TEST_MYSQL"
-    return None
-
-
-class Database:
+class Database(PrivateDatabase):
     """One private database: its DSN for the daemon, a connection for the test's own reads and writes."""
 
     def __init__(self) -> None:
-        server = server_target()
-        self.name = f"gh_test_{secrets.token_hex(4)}"
-        self.server = server
-        admin = self._connect(None)
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {self.name} CHARACTER SET utf8mb4")
-        admin.close()
-        self.conn = self._connect(self.name)
-        lines = [line for line in SCHEMA.read_text().splitlines() if not line.strip().startswith("--")]
-        with self.conn.cursor() as cur:
-            for statement in "\n".join(lines).split(";"):
-                if statement.strip():
-                    cur.execute(statement)
-
-    def _connect(self, database: str | None) -> pymysql.connections.Connection[Any]:
-        t = self.server
-        return pymysql.connect(host=t.host, port=t.port, user=t.user or None, password=t.password,
-                               database=database, autocommit=True, charset="utf8mb4",
-                               cursorclass=pymysql.cursors.DictCursor)  # fmt: skip
-
-    @property
-    def dsn(self) -> str:
-        t = self.server
-        creds = f"{t.user}:{t.password}@" if t.password else (f"{t.user}@" if t.user else "")
-        return f"{creds}tcp({t.host}:{t.port})/{self.name}?parseTime=true&loc=Local"
+        super().__init__(dict_rows=True)
 
     def query(self, sql: str, *args: object) -> list[dict[str, Any]]:
         with self.conn.cursor() as cur:
@@ -114,8 +65,7 @@ class Database:
         )
 
     def close(self) -> None:
-        self.execute(f"DROP DATABASE {self.name}")
-        self.conn.close()
+        self.drop()
 
 
 def session_database() -> Iterator[Database]:
