@@ -23,7 +23,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from scheduler.config.durations import parse_duration
-from scheduler.daemon.app import AFTER_GRACE_S
+from scheduler.config.settings import AFTER_GRACE_S
 from tests.crawler_fixtures import StubProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -40,6 +40,9 @@ LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 TaskStore = Literal["redis", "mysql"]
 MiB: Final = 1024 * 1024
+# after app.shutdown_grace, every closing step of a daemon (or a supervisor's group) shares this budget:
+# the whole shutdown fits in shutdown_grace + AFTER_GRACE_S, the bound the manifests' kill timeouts keep
+AFTER_GRACE_S: Final = 5.0
 _SPEC: Final = "goodshunter.spec"
 
 

@@ -26,7 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from scheduler.config.settings import Settings
+from scheduler.config.settings import AFTER_GRACE_S, Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.datapath import DataPath
@@ -47,8 +47,6 @@ from scheduler.tasks.mysql_store import StoreError
 from scheduler.web.status import Health, StatusServer
 
 log = logging.getLogger(__name__)
-
-AFTER_GRACE_S = 5.0  # every closing step after the drain shares this budget
 
 
 class Daemon:

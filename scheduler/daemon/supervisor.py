@@ -49,8 +49,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from scheduler.config.settings import Settings
-from scheduler.daemon.app import AFTER_GRACE_S
+from scheduler.config.settings import AFTER_GRACE_S, Settings
 from scheduler.signals import Signals
 from scheduler.web.group import GroupStatus, Member
 from scheduler.web.status import StatusServer
