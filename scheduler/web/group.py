@@ -177,6 +177,7 @@ class GroupStatus:
         that was replaced); returns the gauges' values, per sample, one per member that answered."""
         members = self.members() if members is None else members
         answers = self._ask(members, "/metrics")
+        now_running = {m.name: m.pid for m in self.members()}  # a member may have been replaced meanwhile
         gauges: dict[SampleKey, list[float]] = {}
         with self._lock:
             for member, (code, body) in zip(members, answers, strict=True):
@@ -187,7 +188,7 @@ class GroupStatus:
                     kept.last, kept.pid = {}, member.pid
                 if code != 200 or member.pid is None:
                     continue
-                if self._pid_of(member.name) != member.pid:
+                if now_running.get(member.name) != member.pid:
                     continue  # replaced while we asked: the answer may be the new process's
                 try:
                     families = list(text_string_to_metric_families(body))
@@ -219,9 +220,6 @@ class GroupStatus:
             restarts.add_sample(RESTARTS + "_total", {"consumer": member.name},
                                 member.restarts)  # fmt: skip
         yield restarts
-
-    def _pid_of(self, name: str) -> int | None:
-        return next((m.pid for m in self.members() if m.name == name), None)
 
     # -- asking the members --------------------------------------------------------------------------------
 
