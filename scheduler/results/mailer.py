@@ -196,11 +196,10 @@ class Mailer:
             self._outbox.record(entry_id)
         except redis.RedisError:
             self._unrecorded.add(entry_id)
+            raise
+        finally:  # mailed, whether or not the receipt was written
             log.info("notification mailed", extra=extra)
             self._hook(self.sent, kind)
-            raise
-        log.info("notification mailed", extra=extra)
-        self._hook(self.sent, kind)
 
     def _send(self, entry_id: str, message: EmailMessage, retrying: Retrying) -> None:
         to = parseaddr(str(message["To"]))[1]
