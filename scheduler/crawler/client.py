@@ -17,8 +17,14 @@ Worst case per task: the daemon requeues a task that failed transiently up to ``
 ``attempts * (max_retry + 1)`` calls per task: 3 * 4 = 12 with the defaults, taking up to about
 ``attempts * deadline_s`` (+ back-off) each run.
 
-Cancellation: ``CancelToken.cancel()`` (from any thread, e.g. on a ``stop`` message) cancels the in-flight
-call at once and stops the retries; ``fetch`` then raises ``CrawlCancelledError``.
+Call style. Each worker thread makes blocking calls on a channel of its own (gRPC shares one connection
+between channels of the same target and options): a blocking call waits on its own completion queue in
+the calling thread, where a future-style call needs the channel's event thread to wake the caller (two
+thread switches and about 0.1 ms of CPU more per call, measured, docs/BENCHMARKS.md).
+
+Cancellation: ``CancelToken.cancel()`` (from any thread, e.g. on a ``stop`` message) closes the calling
+thread's channel, which ends the blocking call in flight at once, and stops the retries; ``fetch`` then
+raises ``CrawlCancelledError``. The thread opens a new channel for its next call.
 
 (Just over 300 lines: the call, its retries and its cancellation are one protocol with the crawler.)
 """
@@ -31,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -118,6 +124,22 @@ class FetchOutcome:
         return self.response.error_message == NO_ITEMS or not self.response.items
 
 
+class _Line:
+    """One worker thread's channel and stub. Closing it ends the thread's call in flight (CANCELLED):
+    the only way to cancel a blocking gRPC call from another thread."""
+
+    __slots__ = ("channel", "closed", "stub")
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.stub = crawler_pb2_grpc.CrawlerServiceStub(channel)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.channel.close()
+
+
 class CrawlerClient:
     def __init__(
         self,
@@ -156,52 +178,50 @@ class CrawlerClient:
             before_sleep=_log_retry,
             reraise=True,
         )
-        self._channel: grpc.Channel | None = None
-        self._warm: Any = None  # the health Watch stream that keeps the channel's event thread alive
-        self._warm_retry_at = 0.0
-        self._stub: crawler_pb2_grpc.CrawlerServiceStub | None = None
+        self._channel: grpc.Channel | None = None  # health checks
+        self._lines: list[_Line] = []  # every thread's channel, closed by close()
+        self._lines_lock = threading.Lock()
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._started = False
 
     def start(self) -> CrawlerClient:
-        """Open the one channel of this process (gRPC multiplexes every concurrent call over it)."""
-        # tenacity is the only retry layer: built-in retries would multiply attempts and hide them
-        options = [("grpc.enable_retries", 0)]
+        """Open the channel for health checks; each worker thread opens its own on its first call."""
         if self.tls:
             ca = Path(self.tls_ca_file).read_bytes() if self.tls_ca_file else None
-            credentials = grpc.ssl_channel_credentials(root_certificates=ca)
-            self._channel = grpc.secure_channel(self.addr, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(self.addr, options=options)
-        self._stub = crawler_pb2_grpc.CrawlerServiceStub(self._channel)
-        self._keep_warm()
+            self._credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+        self._channel = self._open()
+        self._started = True
         return self
 
-    def _keep_warm(self) -> None:
-        """Hold one long-lived call (the health Watch stream) open on the channel.
+    def _open(self) -> grpc.Channel:
+        # tenacity is the only retry layer: built-in retries would multiply attempts and hide them
+        options = [("grpc.enable_retries", 0)]
+        if self._credentials is not None:
+            return grpc.secure_channel(self.addr, self._credentials, options=options)
+        return grpc.insecure_channel(self.addr, options=options)
 
-        gRPC's Python channel runs a thread to deliver the events of future-style calls, and ends it
-        whenever no call is in flight; between two crawls it was torn down and started again, about a
-        tenth of a millisecond of CPU per task (measured, docs/BENCHMARKS.md). A crawler without the
-        health service (the original) answers UNIMPLEMENTED and the stream ends: nothing changes then,
-        and it is tried again at most once a minute."""
-        now = time.monotonic()
-        if self._warm is not None and not self._warm.done():
-            return
-        if now < self._warm_retry_at:
-            return
-        self._warm_retry_at = now + 60.0
-        channel = self._require(self._channel)
-        self._warm = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME)
-        )
+    def _line(self) -> _Line:
+        """This thread's channel; a new one if the last was closed by a cancellation."""
+        line: _Line | None = getattr(self._local, "line", None)
+        if line is not None and not line.closed:
+            return line
+        if not self._started:
+            raise RuntimeError("CrawlerClient is not started")
+        line = self._local.line = _Line(self._open())
+        with self._lines_lock:
+            self._lines = [kept for kept in self._lines if not kept.closed]
+            self._lines.append(line)
+        return line
 
     def close(self) -> None:
-        if self._warm is not None:
-            self._warm.cancel()
-            self._warm = None
+        self._started = False
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+        for line in lines:
+            line.close()
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-            self._stub = None
 
     def __enter__(self) -> CrawlerClient:
         return self.start()
@@ -211,15 +231,25 @@ class CrawlerClient:
 
     def fetch(self, request: crawler_pb2.FetchRequest, cancel: CancelToken | None = None) -> FetchOutcome:
         """Call FetchItems, retrying transient failures. Raises CrawlerError or CrawlCancelledError."""
-        stub = self._require(self._stub)
         token = cancel or CancelToken()
+        try:  # most calls succeed at once: tenacity's state machine is entered only after a failure
+            return FetchOutcome(response=self._call_once(request, token), attempts=1)
+        except CrawlerError as exc:
+            if not exc.transient or self.attempts == 1:
+                raise
+            failed: CrawlerError | None = exc
         self._local.token = token
-        self._keep_warm()
-        calls = 0
-        for attempt in self._retrying:
-            with attempt:
-                calls += 1
-                response = self._call_once(stub, request, token)
+        calls = 1
+
+        def attempt() -> crawler_pb2.FetchResponse:
+            nonlocal calls, failed
+            if failed is not None:  # tenacity's first attempt is the call already made
+                first, failed = failed, None
+                raise first
+            calls += 1
+            return self._call_once(request, token)
+
+        response = self._retrying(attempt)
         return FetchOutcome(response=response, attempts=calls)
 
     def _sleep(self, seconds: float) -> None:
@@ -253,27 +283,28 @@ class CrawlerClient:
             return "SERVING"
         return "NOT_SERVING"
 
-    def _call_once(
-        self, stub: crawler_pb2_grpc.CrawlerServiceStub, request: crawler_pb2.FetchRequest, token: CancelToken
-    ) -> crawler_pb2.FetchResponse:
+    def _call_once(self, request: crawler_pb2.FetchRequest, token: CancelToken) -> crawler_pb2.FetchResponse:
+        line = self._line()
+        unregister = token.on_cancel(line.close)  # run at once if already cancelled
         if token.cancelled:
+            unregister()
             raise CrawlCancelledError(f"task {request.task_id}: cancelled")
         started = time.monotonic()
         code = "OK"
-        # the future form, so another thread can cancel the call in flight
-        future = stub.FetchItems.future(request, timeout=self.deadline_s)
-        unregister = token.on_cancel(future.cancel)
         try:
-            return future.result()
-        except grpc.FutureCancelledError:
-            code = "CANCELLED"
-            raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
+            response: crawler_pb2.FetchResponse = line.stub.FetchItems(request, timeout=self.deadline_s)
+            return response
         except grpc.RpcError as exc:
             status = exc.code()
             code = status.name
             if token.cancelled:
                 raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
             raise CrawlerError(code, exc.details() or "", transient=status in TRANSIENT_CODES) from None
+        except ValueError:  # "Cannot invoke RPC on closed channel!": cancelled just before the call
+            if not token.cancelled:
+                raise
+            code = "CANCELLED"
+            raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
         finally:
             unregister()
             self._report(code, time.monotonic() - started)
