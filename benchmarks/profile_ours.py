@@ -24,9 +24,10 @@ from benchmarks import micro, procs
 from benchmarks.profile_stacks import Stacks
 from benchmarks.queues.base import BIN
 from benchmarks.queues.ours import OursAdapter
-from benchmarks.runner import REPO, Options, Result, Stage, run_baseline, run_paced
+from benchmarks.runner import REPO, Options, Stage, run_baseline, run_paced
 
 RESULTS = REPO / "benchmarks" / "results"
+PACED_RATE = 200.0
 
 
 def command_calls(client: redis.Redis) -> dict[str, int]:
@@ -137,16 +138,13 @@ def profile(stage: Stage, args: argparse.Namespace, ids: list[range]) -> list[st
     spy = record(pid, "flamegraph", svg, args.rate)
     burst(stage, second)
     finish(spy)
-    meter, result = ThreadMeter(pid), Result("ours")
-    run_paced(stage, paced, result)
+    meter = ThreadMeter(pid)
+    lat = run_paced(stage, paced, PACED_RATE).latencies_ms
     paced_lines = meter.report(len(paced))
-    lat = result.latencies_ms
 
     n = len(first)
     out = [f"Burst: {n} tasks in {seconds:.2f} s under py-spy ({n / seconds:.0f} tasks/s)", *cpu_lines]
-    out += [
-        f"Paced: {len(paced)} tasks at {stage.opts.rate:.0f}/s, no profiler (p50 {lat[len(lat) // 2]:.2f} ms)"
-    ]
+    out += [f"Paced: {len(paced)} tasks at {PACED_RATE:.0f}/s, no profiler (p50 {lat[len(lat) // 2]:.2f} ms)"]
     out += [
         *paced_lines,
         "",
@@ -183,7 +181,7 @@ def main() -> int:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     opts = Options(
-        tasks=args.tasks, concurrency=args.concurrency, rate=200.0, latency_s=10.0, warmup=50, items=5,
+        tasks=args.tasks, concurrency=args.concurrency, rates=(PACED_RATE,), latency_s=10.0, warmup=50, items=5,
         startup_timeout=30.0, throughput_timeout=120.0, keep_logs=False,
     )  # fmt: skip
     warm = range(1, 51)
