@@ -1,7 +1,9 @@
 """Subprocesses of a benchmark run, and what /proc says about them (CPU seconds, peak RSS).
 
 Every process is started in its own session so that it and whatever it forks (Dramatiq's and RQ's worker
-processes, taskiq's child) are one process group, stopped together by that group's id.
+processes, taskiq's child) are one process group, stopped together by that group's id. A program may put its
+children in process groups of their own (our supervisor does, so that a terminal's Ctrl-C reaches it
+alone): pausing, resuming and killing therefore also signal every process of the tree, whatever its group.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ def cpu_seconds(root: int) -> float:
         if fields:  # utime, stime, cutime, cstime are fields 14-17 of stat; 12-15 after the name
             total += sum(int(x) for x in fields[11:15])
     return total / CLK_TCK
+
+
+def signal_tree(root: int, sig: int) -> None:
+    """``sig`` to ``root``'s process group and to every process of its tree outside that group, twice over
+    the tree: a process forked while the first pass ran is caught by the second."""
+    try:
+        os.killpg(root, sig)
+    except ProcessLookupError:
+        return
+    for _ in range(2):
+        for pid in tree(root):
+            try:
+                if os.getpgid(pid) != root:
+                    os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def peak_rss(root: int) -> tuple[float, float, int]:
@@ -133,7 +151,17 @@ class Proc:
 
     def stop(self, grace: float = 1.0) -> None:
         """SIGTERM to the group, SIGKILL to what is left after ``grace`` seconds (nothing here needs a
-        graceful shutdown: every stage is thrown away)."""
+        graceful shutdown: every stage is thrown away). Descendants in other process groups, noted before the
+        SIGTERM, get a SIGKILL too if they outlive the group."""
+        strays = [pid for pid in tree(self.pid) if _pgid(pid) not in (self.pid, None)]
+        self._stop_group(grace)
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _stop_group(self, grace: float) -> None:
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             if self.popen.poll() is not None and not _group_alive(self.pid):
                 return
@@ -146,6 +174,13 @@ class Proc:
                 if self.popen.poll() is not None and not _group_alive(self.pid):
                     return
                 time.sleep(0.05)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _group_alive(pgid: int) -> bool:
