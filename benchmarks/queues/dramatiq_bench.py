@@ -1,4 +1,5 @@
-"""Dramatiq with its Redis broker: ``dramatiq --processes 1 --threads N`` (its worker threads model)."""
+"""Dramatiq with its Redis broker: ``dramatiq --processes 1 --threads N`` (its worker threads model);
+``dramatiq-p2``: ``--processes 2``, N threads in each."""
 
 from __future__ import annotations
 
@@ -27,17 +28,22 @@ def work(task_id: int) -> None:
 # harness side
 class DramatiqAdapter(Adapter):
     name = "dramatiq"
+    processes = 1
 
     def __init__(self) -> None:
         self.client: RedisBroker | None = None
 
     def config(self, concurrency: int) -> str:
         return (
-            f"dramatiq --processes 1 --threads {concurrency} (+ its supervisor process), default middleware"
+            f"dramatiq --processes {self.processes} --threads {concurrency} (+ its supervisor process), "
+            "default middleware"
         )
 
     def worker_command(self, concurrency: int, redis_url: str) -> list[str]:
-        return [sys.executable, "-m", "dramatiq", __name__, "--processes", "1", "--threads", str(concurrency)]
+        return [
+            sys.executable, "-m", "dramatiq", __name__,
+            "--processes", str(self.processes), "--threads", str(concurrency),
+        ]  # fmt: skip
 
     def open(self, redis_url: str) -> None:
         self.client = RedisBroker(url=redis_url)
@@ -51,3 +57,8 @@ class DramatiqAdapter(Adapter):
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+class DramatiqP2Adapter(DramatiqAdapter):
+    name = "dramatiq-p2"
+    processes = 2

@@ -1,5 +1,5 @@
 """taskiq with taskiq-redis's RedisStreamBroker (the one its README recommends: acknowledgements), an async
-task, ``taskiq worker --workers 1 --max-async-tasks N``."""
+task, ``taskiq worker --workers 1 --max-async-tasks N``; ``taskiq-w2``: ``--workers 2``, N in each."""
 
 from __future__ import annotations
 
@@ -26,16 +26,18 @@ async def work(task_id: int) -> None:
 # harness side
 class TaskiqAdapter(AsyncAdapter):
     name = "taskiq"
+    workers = 1
 
     def config(self, concurrency: int) -> str:
         return (
-            f"taskiq worker --workers 1 --max-async-tasks {concurrency} (+ its supervisor), RedisStreamBroker"
+            f"taskiq worker --workers {self.workers} --max-async-tasks {concurrency} (+ its supervisor), "
+            "RedisStreamBroker"
         )
 
     def worker_command(self, concurrency: int, redis_url: str) -> list[str]:
         return [
             sys.executable, "-m", "taskiq", "worker", f"{__name__}:broker",
-            "--workers", "1", "--max-async-tasks", str(concurrency), "--log-level", "WARNING",
+            "--workers", str(self.workers), "--max-async-tasks", str(concurrency), "--log-level", "WARNING",
         ]  # fmt: skip
 
     async def aopen(self, redis_url: str) -> None:
@@ -49,3 +51,8 @@ class TaskiqAdapter(AsyncAdapter):
 
     async def aclose(self) -> None:
         await self.client.shutdown()
+
+
+class TaskiqW2Adapter(TaskiqAdapter):
+    name = "taskiq-w2"
+    workers = 2
