@@ -1,4 +1,5 @@
-"""The printed report: what ran where, then three tables with every figure as a ratio to ours."""
+"""The printed report: what ran where, then per concurrency three tables (throughput, latency per rate,
+cost); each figure the median of the runs with every run's value beside it, and its ratio to ours."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks.runner import Baseline, Options, Result
+from benchmarks import rounds as r_
+from benchmarks.rounds import Figure, Suite
+from benchmarks.runner import Options, Result
 
 PACKAGES = [
     "goodshunter-scheduler", "celery", "kombu", "dramatiq", "taskiq", "taskiq-redis", "saq", "arq", "rq",
@@ -38,6 +41,11 @@ def environment(repo: Path) -> list[str]:
         f"code: commit {commit}{dirty}",
         "versions: " + ", ".join(versions),
     ]
+
+
+def commit(repo: Path) -> str:
+    """The full commit of the tree the harness runs from, for the JSON ("" outside a git checkout)."""
+    return _run(["git", "-C", str(repo), "rev-parse", "HEAD"])
 
 
 def _cpus() -> int:
@@ -81,21 +89,50 @@ def f(value: float, digits: int = 2) -> str:
     return "-" if value != value or value == 0 else f"{value:.{digits}f}"
 
 
-def render(
-    results: list[Result], baselines: dict[str, Baseline], opts: Options, rounds: int = 1
-) -> list[str]:
-    ours = next((r for r in results if r.name == "ours" and r.done), None)
-    ok = [r for r in results if r.done]
-    out = [f"{rounds} round(s), every queue once per round, the order reversed every other round; figures "
-           "over all rounds (rates: total tasks / total time; per-task costs: weighted; latency: pooled)"]  # fmt: skip
-    out += (
-        _throughput(ok, ours, baselines, opts) + _latency(ok, ours, opts) + _cost(ok, ours, baselines, opts)
-    )
-    out += ["", "Configurations:"]
-    for r in results:
-        out.append(f"  {r.name:10} {r.config or '-'} [gRPC {r.grpc}]")
-    notes = [f"  {r.name}: {r.note}" for r in results if r.note]
-    errors = [f"  {r.name}: {r.error}" for r in results if r.error]
+def num(value: float) -> str:
+    """Three significant figures or so, whatever the magnitude: 1040, 98.1, 3.19, 0.412."""
+    if value != value:
+        return "-"
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2 if abs(value) >= 1 else 3
+    return f"{value:.{digits}f}"
+
+
+def fig(figure: Figure) -> str:
+    """The median, then every run's value in run order when there is more than one run."""
+    if len(figure.runs) < 2:
+        return num(figure.median)
+    return f"{num(figure.median)} ({' '.join(num(x) for x in figure.runs)})"
+
+
+def render(suite: Suite, opts: Options, runs: int) -> list[str]:
+    """The three tables of one concurrency; ratios are medians over ours's medians."""
+    ok = {name: rs for name, rs in suite.runs.items() if any(r.done for r in rs)}
+    ours = ok.get("ours")
+    out = [
+        "",
+        f"=== concurrency {suite.concurrency}: {runs} run(s), every queue once per run, the order reversed "
+        "every other run; each figure the median of the runs' figures (every run's value in parentheses, "
+        "in run order); x ours = median / ours's median",
+    ]
+    out += _throughput(ok, ours, suite, opts)
+    for rate in opts.rates:
+        out += _latency(ok, ours, rate, opts)
+    out += _cost(ok, ours, suite, opts)
+    return out
+
+
+def footer(suites: list[Suite]) -> list[str]:
+    """Configurations (at each concurrency), notes and failures, once for the whole invocation."""
+    out = ["", "Configurations:"]
+    notes, errors = [], []
+    for suite in suites:
+        for name, rs in suite.runs.items():
+            out.append(f"  c{suite.concurrency:<3} {name:11} {rs[0].config or '-'} [gRPC {rs[0].grpc}]")
+            merged = r_.merge(rs)
+            if merged.note:
+                notes.append(f"  c{suite.concurrency} {name}: {merged.note}")
+            if merged.error:
+                errors.append(f"  c{suite.concurrency} {name}: {merged.error}")
     if notes:
         out += ["Notes:", *notes]
     if errors:
@@ -103,72 +140,83 @@ def render(
     return out
 
 
+def _ratio(value: Figure, ours: Figure | None) -> str:
+    return ratio(value.median, ours.median if ours else None)
+
+
 def _throughput(
-    ok: list[Result], ours: Result | None, baselines: dict[str, Baseline], opts: Options
+    ok: dict[str, list[Result]], ours: list[Result] | None, suite: Suite, opts: Options
 ) -> list[str]:
     out = [
         "",
-        f"Throughput: {opts.tasks} tasks, concurrency {opts.concurrency}. end-to-end: enqueued at once while the "
-        "worker runs, first enqueue -> last completion; drain: enqueued while the worker is paused (SIGSTOP), "
-        "resume -> last completion (x ours = figure / ours's figure; load: 1-minute load average as each "
-        "round of that queue started)",
+        f"Throughput: {opts.tasks} tasks per phase per run, concurrency {suite.concurrency}. drain: enqueued "
+        "while the worker's process tree is paused (SIGSTOP), resume -> last completion; end-to-end: enqueued "
+        "at once while the worker runs, first enqueue -> last completion (load: 1-minute load average as "
+        "each run of that queue started)",
     ]
     rows = []
-    for r in ok:
+    for name, rs in ok.items():
+        done, tasks = sum(r.done for r in rs), sum(r.tasks for r in rs)
         rows.append([
-            r.name, f"{r.throughput:.0f}", ratio(r.throughput, ours.throughput if ours else None),
-            f"{r.seconds:.2f}", f"{r.enqueue_s:.2f}", f"{r.done}/{r.tasks}",
-            f(r.drain, 0), ratio(r.drain, ours.drain if ours else None), f(r.drain_s),
-            " ".join(f"{e:.0f}:{d:.0f}" for e, d in r.per_round), " ".join(f"{x:.1f}" for x in r.load),
+            name, fig(r_.drain(rs)), _ratio(r_.drain(rs), r_.drain(ours) if ours else None),
+            fig(r_.e2e(rs)), _ratio(r_.e2e(rs), r_.e2e(ours) if ours else None),
+            f"{done}/{tasks}", " ".join(f"{x:.1f}" for r in rs for x in r.load),
         ])  # fmt: skip
-    header = ["queue", "e2e tasks/s", "x ours", "seconds", "enqueue s", "done", "drain tasks/s", "x ours",
-              "seconds", "per round e2e:drain", "load"]  # fmt: skip
-    out += table(header, rows)
-    for mode, base in baselines.items():
-        if not base.error:
-            out.append(f"  (gRPC calls alone, {mode}: {base.throughput:.0f} calls/s)")
+    out += table(["queue", "drain tasks/s", "x ours", "e2e tasks/s", "x ours", "done", "load"], rows)
+    for mode, bases in suite.baselines.items():
+        out.append(f"  (gRPC calls alone, {mode}: {fig(r_.grpc_throughput(bases))} calls/s)")
     return out
 
 
-def _latency(ok: list[Result], ours: Result | None, opts: Options) -> list[str]:
-    out = ["", f"Latency: submit -> done, one task every {1000 / opts.rate:.0f} ms ({opts.rate:.0f}/s) for "
-           f"{opts.latency_s:.0f} s, milliseconds"]  # fmt: skip
+def _latency(ok: dict[str, list[Result]], ours: list[Result] | None, rate: float, opts: Options) -> list[str]:
+    out = ["", f"Latency at {rate:.0f}/s: submit -> done, one task every {1000 / rate:g} ms for "
+           f"{opts.latency_s:g} s per run, milliseconds (p95 and max: medians only)"]  # fmt: skip
     rows = []
-    o = ours.latencies_ms if ours else []
-    for r in ok:
-        if not r.latencies_ms:
+    for name, rs in ok.items():
+        submitted = sum(p.submitted for r in rs if (p := r.at(rate)))
+        if not submitted:
             continue
-        lat = r.latencies_ms
-        rows.append([r.name, f(pct(lat, 0.5), 3), f(pct(lat, 0.95), 3), f(pct(lat, 0.99), 3), f(lat[-1], 3),
-                     ratio(pct(lat, 0.5), pct(o, 0.5)), ratio(pct(lat, 0.99), pct(o, 0.99)),
-                     f"{len(lat)}/{r.submitted}"])  # fmt: skip
+        done = sum(len(p.latencies_ms) for r in rs if (p := r.at(rate)))
+        p50, p99 = r_.latency(rs, rate, 0.5), r_.latency(rs, rate, 0.99)
+        o50, o99 = (r_.latency(ours, rate, 0.5), r_.latency(ours, rate, 0.99)) if ours else (None, None)
+        rows.append([name, fig(p50), num(r_.latency(rs, rate, 0.95).median), fig(p99),
+                     num(r_.latency(rs, rate, 1.0).median), _ratio(p50, o50), _ratio(p99, o99),
+                     f"{done}/{submitted}"])  # fmt: skip
+    if not rows:
+        return [*out, "  (no queue was measured at this rate)"]
     return out + table(["queue", "p50", "p95", "p99", "max", "p50 x ours", "p99 x ours", "done"], rows)
 
 
-def _cost(ok: list[Result], ours: Result | None, baselines: dict[str, Baseline], opts: Options) -> list[str]:
-    out = ["", "Cost: CPU of the worker's process tree per task (drain phase; /proc utime+stime), its own "
-           "part (minus the gRPC-only loop's CPU per call), Redis server CPU; memory: peak RSS of the largest process "
-           "(VmHWM) and the sampled peak of the tree's summed PSS (shared pages split between processes)"]  # fmt: skip
+def _cost(ok: dict[str, list[Result]], ours: list[Result] | None, suite: Suite, opts: Options) -> list[str]:
+    out = ["", "Cost: CPU of the worker's whole process tree per task (drain phase; /proc utime+stime, reaped "
+           "children included), its own part (minus the gRPC-only loop's median CPU per call), Redis server "
+           "CPU, the tree's CPU per task at each paced rate (idle wake-ups included); memory (largest over the "
+           "runs): peak RSS of the largest process (VmHWM) and the sampled peak of the tree's summed PSS"]  # fmt: skip
 
-    def grpc_ms(r: Result) -> float:
-        base = baselines.get(r.grpc)
-        return base.cpu_ms if base and not base.error else float("nan")
+    def grpc_ms(rs: list[Result]) -> float:
+        return r_.grpc_cpu(suite.baselines.get(rs[0].grpc, [])).median
 
     rows = []
-    for r in ok:
-        mine = r.cpu_ms - grpc_ms(r)
-        name = r.name + ("*" if r.cpu_phase == "e2e" else "")
-        rows.append([name, f(r.cpu_ms, 3), f(grpc_ms(r), 3), f(mine, 3), f(mine / grpc_ms(r), 2) + "x",
-                     ratio(mine, ours.cpu_ms - grpc_ms(ours) if ours else None), f(r.redis_cpu_ms, 3),
-                     f(r.lat_cpu_ms, 3), f(r.rss_max, 1), f(r.pss_peak, 1), str(r.processes),
-                     ratio(r.pss_peak, ours.pss_peak if ours else None)])  # fmt: skip
-    out += table(["queue", "CPU ms/task", "gRPC ms", "own ms", "own/gRPC", "own x ours", "redis ms",
-                  f"CPU ms @{opts.rate:.0f}/s", "RSS MiB", "PSS MiB", "procs", "PSS x ours"], rows)  # fmt: skip
-    if any(r.cpu_phase == "e2e" for r in ok):
-        out.append("  * CPU measured in the end-to-end phase (no drain phase: a backlog was left)")
-    for mode, base in baselines.items():
-        if not base.error:
-            out.append(f"  (gRPC-only loop, {mode}: {base.cpu_ms:.3f} ms CPU/call, RSS {base.rss:.1f} MiB)")
-        else:
-            out.append(f"  (gRPC-only loop, {mode}: failed: {base.error})")
+    ours_own = r_.cpu(ours).median - grpc_ms(ours) if ours else None
+    for name, rs in ok.items():
+        merged = r_.merge(rs)
+        own = r_.cpu(rs).median - grpc_ms(rs)
+        star = "*" if merged.cpu_phase == "e2e" else ""
+        rows.append([name + star, fig(r_.cpu(rs)), _ratio(r_.cpu(rs), r_.cpu(ours) if ours else None),
+                     num(grpc_ms(rs)), num(own), ratio(own, ours_own), num(r_.redis_cpu(rs).median),
+                     *(num(r_.paced_cpu(rs, rate).median) for rate in opts.rates),
+                     f(merged.rss_max, 1), f(merged.pss_peak, 1), str(merged.processes),
+                     ratio(merged.pss_peak, r_.merge(ours).pss_peak if ours else None)])  # fmt: skip
+    out += table(["queue", "CPU ms/task", "x ours", "gRPC ms", "own ms", "own x ours", "redis ms",
+                  *(f"CPU ms @{rate:.0f}/s" for rate in opts.rates), "RSS MiB", "PSS MiB", "procs",
+                  "PSS x ours"], rows)  # fmt: skip
+    if any(r_.merge(rs).cpu_phase == "e2e" for rs in ok.values()):
+        out.append(
+            "  * CPU measured in the end-to-end phase in some run (no drain phase: a backlog was left)"
+        )
+    for mode, bases in suite.baselines.items():
+        errors = [b.error for b in bases if b.error]
+        rss = max((b.rss for b in bases if not b.error), default=0.0)
+        line = f"  (gRPC-only loop, {mode}: {fig(r_.grpc_cpu(bases))} ms CPU/call, RSS {rss:.1f} MiB"
+        out.append(line + (f"; failed: {errors[0]})" if errors else ")"))
     return out

@@ -1,4 +1,5 @@
-"""One queue, start to end: fresh Redis, fresh fake crawler, its worker; warm-up, throughput, latency."""
+"""One queue, start to end: fresh Redis, fresh fake crawler, its worker; warm-up, throughput, then the
+paced latency phase once per rate."""
 
 from __future__ import annotations
 
@@ -28,13 +29,23 @@ SETTLE_S = 0.3  # between phases: stragglers (acks, result writes after the comp
 class Options:
     tasks: int
     concurrency: int
-    rate: float  # latency phase: submissions per second
-    latency_s: float
+    rates: tuple[float, ...]  # latency phase, once per rate (ascending): submissions per second
+    latency_s: float  # length of each paced phase
     warmup: int
     items: int  # items per fake crawler answer
     startup_timeout: float
     throughput_timeout: float
     keep_logs: bool
+
+
+@dataclass
+class Paced:
+    """One paced phase: submit → done latencies, sorted, and the worker's CPU per task at that rate."""
+
+    rate: float
+    submitted: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu_ms: float = 0.0  # idle wake-ups included
 
 
 @dataclass
@@ -54,15 +65,16 @@ class Result:
     cpu_phase: str = ""
     cpu_tasks: int = 0  # tasks the CPU figures are per
     redis_cpu_ms: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    submitted: int = 0
-    lat_cpu_ms: float = 0.0  # worker CPU per task at the moderate rate (idle wake-ups included)
+    paced: list[Paced] = field(default_factory=list)  # one per rate that was run
     rss_sum: float = 0.0  # VmHWM summed over the tree (counts shared pages once per process)
     rss_max: float = 0.0  # VmHWM of the largest process
     pss_peak: float = 0.0  # sampled peak of the tree's summed PSS
     processes: int = 0
     load: list[float] = field(default_factory=list)  # 1-minute load average as each round started
     per_round: list[tuple[float, float]] = field(default_factory=list)  # (e2e, drain) tasks/s per round
+
+    def at(self, rate: float) -> Paced | None:
+        return next((p for p in self.paced if p.rate == rate), None)
 
     @property
     def throughput(self) -> float:
@@ -151,7 +163,7 @@ def run_queue(name: str, opts: Options) -> Result:
     warm = range(1, opts.warmup + 1)
     burst = range(warm.stop, warm.stop + opts.tasks)
     drain = range(burst.stop, burst.stop + opts.tasks)
-    paced = range(drain.stop, drain.stop + int(opts.rate * opts.latency_s))
+    paced = range(drain.stop, drain.stop + sum(_paced_count(opts, r) for r in opts.rates))
     stage = Stage(name, adapter, opts, range(1, paced.stop))
     result.load = [os.getloadavg()[0]]
     try:
@@ -169,11 +181,7 @@ def run_queue(name: str, opts: Options) -> Result:
                 result.note = _join(result.note, "drain and latency not measured: a backlog is left")
             else:
                 run_drain(stage, drain, result)
-                if result.throughput < opts.rate / 2:
-                    why = f"{result.throughput:.0f} tasks/s is under half the {opts.rate:.0f}/s rate"
-                    result.note = _join(result.note, f"latency not measured: {why}")
-                else:
-                    run_paced(stage, paced, result)
+                _paced_phases(stage, paced.start, result)
             result.rss_sum, result.rss_max, result.processes = procs.peak_rss(stage.worker.pid)
             result.pss_peak = stage.sampler.stop()
             if stage.observer.error is not None:
@@ -212,16 +220,16 @@ def _burst(stage: Stage, ids: range, result: Result) -> None:
 
 
 def run_drain(stage: Stage, ids: range, result: Result) -> None:
-    """The worker alone: its process group paused (SIGSTOP) while the tasks are enqueued, so neither the
+    """The worker alone: its process tree paused (SIGSTOP) while the tasks are enqueued, so neither the
     harness's enqueueing nor its CPU is in the figure; resume → last completion, CPU of the worker tree."""
     assert stage.observer is not None and stage.worker is not None
-    os.killpg(stage.worker.pid, signal.SIGSTOP)
+    procs.signal_tree(stage.worker.pid, signal.SIGSTOP)
     try:
         stage.adapter.enqueue_many(ids)
     finally:
         cpu0, rcpu0 = procs.cpu_seconds(stage.worker.pid), procs.cpu_seconds(stage.redis_pid)
         t0 = time.perf_counter()
-        os.killpg(stage.worker.pid, signal.SIGCONT)
+        procs.signal_tree(stage.worker.pid, signal.SIGCONT)
     result.drain_done = stage.observer.wait_for(ids, stage.opts.throughput_timeout)
     cpu1, rcpu1 = procs.cpu_seconds(stage.worker.pid), procs.cpu_seconds(stage.redis_pid)
     finished = stage.observer.times(ids)
@@ -237,10 +245,28 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def run_paced(stage: Stage, ids: range, result: Result) -> None:
+def _paced_count(opts: Options, rate: float) -> int:
+    return int(rate * opts.latency_s)
+
+
+def _paced_phases(stage: Stage, first_id: int, result: Result) -> None:
+    """The paced phase at each rate, slowest first (a backlog a fast rate leaves cannot spoil a slow one);
+    a rate over twice the queue's end-to-end throughput is skipped: it would only measure the backlog."""
+    start = first_id
+    for rate in sorted(stage.opts.rates):
+        ids = range(start, start + _paced_count(stage.opts, rate))
+        start = ids.stop
+        if result.throughput < rate / 2:
+            why = f"{result.throughput:.0f} tasks/s is under half the {rate:.0f}/s rate"
+            result.note = _join(result.note, f"latency at {rate:.0f}/s not measured: {why}")
+            continue
+        result.paced.append(run_paced(stage, ids, rate))
+        time.sleep(SETTLE_S)
+
+
+def run_paced(stage: Stage, ids: range, rate: float) -> Paced:
     """One enqueue call every 1/rate seconds; latency = observed done - the moment before the enqueue."""
     assert stage.observer is not None and stage.worker is not None
-    rate = stage.opts.rate
     submitted: dict[int, float] = {}
     cpu0 = procs.cpu_seconds(stage.worker.pid)
     start = time.perf_counter()
@@ -253,9 +279,12 @@ def run_paced(stage: Stage, ids: range, result: Result) -> None:
     stage.observer.wait_for(ids, 15.0)
     cpu1 = procs.cpu_seconds(stage.worker.pid)
     done = stage.observer.times(ids)
-    result.submitted = len(ids)
-    result.latencies_ms = sorted((done[i] - submitted[i]) * 1000 for i in done)
-    result.lat_cpu_ms = (cpu1 - cpu0) * 1000 / max(1, len(done))
+    return Paced(
+        rate,
+        submitted=len(ids),
+        latencies_ms=sorted((done[i] - submitted[i]) * 1000 for i in done),
+        cpu_ms=(cpu1 - cpu0) * 1000 / max(1, len(done)),
+    )
 
 
 @dataclass
