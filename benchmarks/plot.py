@@ -86,6 +86,6 @@ def _panel(ax: Axes, suite: r_.Suite, rate: float, style: dict[str, tuple[Any, s
     for q in (0.5, 0.99):
         ax.axhline(q, color="grey", linewidth=0.6, linestyle=":")
     if ax.has_data():
-        ax.legend(loc="lower right", prop={"family": "monospace", "size": 8})
+        ax.legend(loc="best", prop={"family": "monospace", "size": 8})
     else:
         ax.text(0.5, 0.5, "no queue measured at this rate", ha="center", transform=ax.transAxes)
