@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -165,10 +166,10 @@ def show_drain(raw: dict[str, dict[str, list[float]]]) -> None:
         ratios = [r / med(base) for r in first]
         window = figures.get("rate_first_3000")
         flat = "yes" if abs(med(ratios) - 1) <= 0.10 else "NO"
-        rows.append(
-            [f"{int(depth):,}", cell(first), cell(ratios, "{:.2f}"), cell(window) if window else "-", flat]
-        )
-    header = ["queued", "tasks/s first 1000", "x 1k depth", "tasks/s first 3000", "within 10%"]
+        paused = cell(figures["paused_s"], "{:.1f}")
+        rows.append([f"{int(depth):,}", cell(first), cell(ratios, "{:.2f}"), cell(window) if window else "-",
+                     flat, paused])  # fmt: skip
+    header = ["queued", "tasks/s first 1000", "x 1k depth", "tasks/s first 3000", "within 10%", "paused s"]
     title = ("2. Drain rate against queue depth: the daemon paused (SIGSTOP) while the backlog is queued, "
              "resume -> Nth completion on the results stream")  # fmt: skip
     table(title, header, rows)
@@ -305,7 +306,7 @@ def show_rss(raw: dict[str, list[Any]], n: int) -> None:
 
 def run_section(name: str, sizes: Sizes, runs: int, rss_runs: int) -> tuple[dict[str, Any], float]:
     progress(f"{name}: start")
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), os.getloadavg()[0]  # the machine is shared: say how busy it was
     raw: dict[str, Any]
     if name == "submit":
         raw = submit_cost(sizes.submit, runs)
@@ -323,7 +324,9 @@ def run_section(name: str, sizes: Sizes, runs: int, rss_runs: int) -> tuple[dict
         raw = rss(sizes.rss, rss_runs)
         show_rss(raw, sizes.rss)
     seconds = time.perf_counter() - t0
-    print(f"  ({name}: {seconds:.0f} s)", flush=True)
+    print(
+        f"  ({name}: {seconds:.0f} s; 1-minute load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)"
+    )
     return raw, seconds
 
 

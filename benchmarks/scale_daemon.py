@@ -128,7 +128,7 @@ def drain_rate(depth: int, window: int, registered: int) -> dict[str, float]:
         warm_up(st, WARM)
         os.killpg(st.daemon.pid, signal.SIGSTOP)
         try:
-            fill(st.client, ids)
+            paused = timed_fill(st.client, ids)
         finally:
             t0 = time.perf_counter()
             os.killpg(st.daemon.pid, signal.SIGCONT)
@@ -136,7 +136,14 @@ def drain_rate(depth: int, window: int, registered: int) -> dict[str, float]:
         done = sorted(st.observer.times(measured).values())
     if len(done) < len(measured):
         raise RuntimeError(f"depth {depth}: {len(done)}/{len(measured)} done in 120s")
-    return {f"rate_first_{k}": k / (done[k - 1] - t0) for k in (1000, window) if k <= len(done)}
+    rates = {f"rate_first_{k}": k / (done[k - 1] - t0) for k in (1000, window) if k <= len(done)}
+    return {**rates, "paused_s": paused}
+
+
+def timed_fill(client: redis.Redis, ids: range) -> float:
+    t0 = time.perf_counter()
+    fill(client, ids)
+    return time.perf_counter() - t0
 
 
 def vm_rss_mib(pid: int) -> float:
