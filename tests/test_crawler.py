@@ -259,3 +259,33 @@ def test_not_started_and_bad_settings() -> None:
         client.fetch(request("switch"))
     with pytest.raises(ValueError):
         CrawlerClient("127.0.0.1:1", attempts=0)
+
+
+def test_a_late_cancel_of_a_finished_call_never_ends_the_next_call_on_that_thread(
+    client: CrawlerClient, crawler_stub: CrawlerStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancelling thread takes the callbacks, then is descheduled until the call has returned and the
+    worker has started its next task: the late close must hit a line no longer in use (review finding)."""
+    taken = threading.Event()
+    release = threading.Event()
+    original = CancelToken.cancel
+
+    def slow_cancel(token: CancelToken) -> None:
+        with token._lock:
+            token._event.set()
+            callbacks, token._callbacks = token._callbacks, []
+        taken.set()
+        release.wait(5)
+        for callback in callbacks:
+            callback()
+
+    monkeypatch.setattr(CancelToken, "cancel", slow_cancel)
+    first = CancelToken()
+    threading.Timer(0.1, first.cancel).start()
+    client.fetch(request("delay=300"), cancel=first)  # answered although cancelled meanwhile
+    assert taken.is_set()
+    second = CancelToken()
+    threading.Timer(0.2, release.set).start()  # the late close lands during the next call
+    outcome = client.fetch(request("delay=500", task_id=2), cancel=second)
+    assert outcome.attempts == 1 and not second.cancelled
+    monkeypatch.setattr(CancelToken, "cancel", original)

@@ -301,12 +301,16 @@ class CrawlerClient:
                 raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
             raise CrawlerError(code, exc.details() or "", transient=status in TRANSIENT_CODES) from None
         except ValueError:  # "Cannot invoke RPC on closed channel!": cancelled just before the call
-            if not token.cancelled:
-                raise
             code = "CANCELLED"
-            raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
+            if token.cancelled:
+                raise CrawlCancelledError(f"task {request.task_id}: cancelled") from None
+            raise CrawlerError(code, "channel closed", transient=True) from None  # the client was closed
         finally:
             unregister()
+            if token.cancelled:
+                # a cancel that took its callbacks before unregister() may still close this line later:
+                # never reuse it, or that late close would end the next task's call
+                line.close()
             self._report(code, time.monotonic() - started)
 
     def _report(self, code: str, seconds: float) -> None:
