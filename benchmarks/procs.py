@@ -74,18 +74,29 @@ def signal_tree(root: int, sig: int) -> None:
                 pass
 
 
-def peak_rss(root: int) -> tuple[float, float, int]:
-    """(sum over the tree, largest single process, processes) of VmHWM, in MiB."""
-    peaks = []
+def _status_mib(root: int, name: str) -> list[float]:
+    """``name`` (VmHWM, VmRSS...) of each live process of the tree, in MiB."""
+    sizes = []
     for pid in tree(root):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        match = re.search(rf"^{name}:\s+(\d+) kB", status, re.MULTILINE)
         if match:
-            peaks.append(int(match.group(1)) / 1024)
+            sizes.append(int(match.group(1)) / 1024)
+    return sizes
+
+
+def peak_rss(root: int) -> tuple[float, float, int]:
+    """(sum over the tree, largest single process, processes) of VmHWM, in MiB."""
+    peaks = _status_mib(root, "VmHWM")
     return sum(peaks), max(peaks, default=0.0), len(peaks)
+
+
+def rss_now(root: int) -> float:
+    """VmRSS (resident now, not the peak) summed over the tree, in MiB."""
+    return sum(_status_mib(root, "VmRSS"))
 
 
 class PssSampler:

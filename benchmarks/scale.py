@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from benchmarks import scale_daemon as sd
+from benchmarks.queues.ours import register_specs
 from benchmarks.scale_daemon import progress
 from scheduler.config.settings import Settings
 from scheduler.devtools.redis_server import RedisServer
@@ -27,7 +28,6 @@ from scheduler.taskqueue import Producer, keys
 from scheduler.taskqueue.message import TaskMessage
 from scheduler.tasks.lifecycle import Lifecycle
 
-SECTIONS = ("submit", "drain", "memory", "publisher", "rss")
 INTERVAL_MS = 300_000  # the default schedule_interval
 
 
@@ -201,7 +201,7 @@ def memory(n: int, runs: int) -> dict[str, list[float]]:
         client = server.client()
         steps: dict[str, Callable[[], None]] = {
             "entry": lambda: sd.fill(client, ids),
-            "spec": lambda: sd.register(client, ids),
+            "spec": lambda: register_specs(client, ids),
             "schedule": lambda: schedule(client, ids, due=False),
         }
         for _run in range(runs):
@@ -304,25 +304,29 @@ def show_rss(raw: dict[str, list[Any]], n: int) -> None:
 # -- the run -----------------------------------------------------------------------------------------------
 
 
+# each section: how it is measured (sizes, runs) and how its table is printed (raw figures, sizes)
+MEASURE: dict[str, Callable[[Sizes, int], Any]] = {
+    "submit": lambda sizes, runs: submit_cost(sizes.submit, runs),
+    "drain": lambda sizes, runs: drain(sizes.depths, runs),
+    "memory": lambda sizes, runs: memory(sizes.memory, runs),
+    "publisher": lambda sizes, runs: publisher(sizes.periodic, runs),
+    "rss": lambda sizes, runs: rss(sizes.rss, runs),
+}
+SHOW: dict[str, Callable[[Any, Sizes], None]] = {
+    "submit": lambda raw, sizes: show_submit(raw, sizes.submit),
+    "drain": lambda raw, sizes: show_drain(raw),
+    "memory": lambda raw, sizes: show_memory(raw, sizes.memory),
+    "publisher": lambda raw, sizes: show_publisher(raw),
+    "rss": lambda raw, sizes: show_rss(raw, sizes.rss),
+}
+SECTIONS = tuple(MEASURE)
+
+
 def run_section(name: str, sizes: Sizes, runs: int, rss_runs: int) -> tuple[dict[str, Any], float]:
     progress(f"{name}: start")
     t0, load = time.perf_counter(), os.getloadavg()[0]  # the machine is shared: say how busy it was
-    raw: dict[str, Any]
-    if name == "submit":
-        raw = submit_cost(sizes.submit, runs)
-        show_submit(raw, sizes.submit)
-    elif name == "drain":
-        raw = drain(sizes.depths, runs)
-        show_drain(raw)
-    elif name == "memory":
-        raw = memory(sizes.memory, runs)
-        show_memory(raw, sizes.memory)
-    elif name == "publisher":
-        raw = publisher(sizes.periodic, runs)
-        show_publisher(raw)
-    else:
-        raw = rss(sizes.rss, rss_runs)
-        show_rss(raw, sizes.rss)
+    raw = MEASURE[name](sizes, runs if name != "rss" else rss_runs)
+    SHOW[name](raw, sizes)
     seconds = time.perf_counter() - t0
     print(
         f"  ({name}: {seconds:.0f} s; 1-minute load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)"

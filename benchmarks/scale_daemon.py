@@ -4,89 +4,45 @@ so one depth's leftover backlog never lands in the next measurement."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import redis
 
 from benchmarks import procs
-from benchmarks.observer import DoneObserver
-from benchmarks.work import KEYWORD
-from scheduler.devtools.redis_server import RedisServer
+from benchmarks.queues.ours import OursAdapter
+from benchmarks.runner import Options, Stage
 from scheduler.taskqueue import Producer, keys
 from scheduler.taskqueue.message import TaskMessage
-from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
-REPO = Path(__file__).resolve().parent.parent
 CHUNK = 10_000  # entries per pipeline: big enough to be fast, small enough to keep the client's memory low
 WARM = range(1, 51)  # the drain runs' warm-up: imports, connections, first calls
 FIRST_ID = 1001  # queued ids start here, after every warm-up range
+# the throughput suite's stage (private Redis, fake crawler answering 5 items, the daemon at its default
+# log level with 8 workers, the results-stream observer); only these fields of the options are read
+OPTIONS = Options(tasks=0, concurrency=8, rates=(), latency_s=0.0, warmup=0, items=5, startup_timeout=60.0,
+                  throughput_timeout=0.0, keep_logs=False)  # fmt: skip
 
 
 def progress(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def daemon_env(redis_url: str, crawler_addr: str) -> dict[str, str]:
-    """benchmarks/queues/ours.py's worker_env without APP_LOG_LEVEL: the daemon logs at its default level,
-    as it would in production."""
-    return {
-        "REDIS_URL": redis_url,
-        "APP_CRAWLER_GRPC_ADDR": crawler_addr,
-        "APP_WORKER_POOL_SIZE": "8",
-        "APP_METRICS_PORT": "0",
-        "APP_CONSUMER_NAME": "bench",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-
-
-@dataclass
-class Stage:
-    server: RedisServer
-    client: redis.Redis
-    daemon: procs.Proc
-    observer: DoneObserver
-
-
 @contextmanager
-def stage(spec_ids: Sequence[int]) -> Iterator[Stage]:
-    """Private Redis, fake crawler, specs for ``spec_ids`` registered (as OursAdapter.prepare does), the
-    results-stream observer, then ``python -m scheduler run``; all torn down in reverse order."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    server = RedisServer().start()
-    crawler = daemon = observer = None
+def stage(spec_ids: range) -> Iterator[Stage]:
+    """A fresh stage for one run, specs registered for ``spec_ids`` (so one depth's leftover backlog never
+    lands in the next measurement); its work directory removed after."""
+    st = Stage("ours", OursAdapter(), OPTIONS, spec_ids)
     try:
-        crawler, addr = procs.start_crawler(workdir, 5)
-        client = server.client()
-        register(client, spec_ids)
-        observer = DoneObserver(server.client(), keys.results_stream(keys.DEFAULT_STREAM), b"task_id")
-        observer.start()
-        argv = [sys.executable, "-m", "scheduler", "run"]
-        daemon = procs.start("daemon", argv, daemon_env(server.url, addr), workdir)
-        yield Stage(server, client, daemon, observer)
+        with st:
+            yield st
     finally:
-        for proc in (daemon, crawler):
-            if proc is not None:
-                proc.stop()
-        if observer is not None:
-            observer.stop()
-        server.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def register(client: redis.Redis, ids: Sequence[int]) -> None:
-    registry = RedisTaskRegistry(client)
-    for start in range(0, len(ids), 1000):
-        registry.put_many(TaskSpec(task_id=i, keyword=KEYWORD) for i in ids[start : start + 1000])
+        shutil.rmtree(st.workdir, ignore_errors=True)
 
 
 def fill(client: redis.Redis, ids: range, source: str = "user_create") -> None:
@@ -110,11 +66,12 @@ def wire_template(source: str) -> tuple[str, str]:
     return head, tail
 
 
-def warm_up(st: Stage, ids: range, timeout: float = 60.0) -> None:
-    Producer(st.client).submit_many(ids, "user_create")
+def warm_up(st: Stage, client: redis.Redis, ids: range, timeout: float = 60.0) -> None:
+    assert st.observer is not None and st.worker is not None
+    Producer(client).submit_many(ids, "user_create")
     got = st.observer.wait_for(ids, timeout)
     if got < len(ids):
-        raise RuntimeError(f"warm-up: {got}/{len(ids)} done in {timeout:.0f}s\n{st.daemon.tail()}")
+        raise RuntimeError(f"warm-up: {got}/{len(ids)} done in {timeout:.0f}s\n{st.worker.tail()}")
 
 
 def drain_rate(depth: int, window: int, registered: int) -> dict[str, float]:
@@ -123,15 +80,16 @@ def drain_rate(depth: int, window: int, registered: int) -> dict[str, float]:
     the rest are distinct ids the daemon would skip as unknown, queued only to make the stream deep."""
     ids = range(FIRST_ID, FIRST_ID + depth)
     measured = ids[: min(depth, window)]
-    specs = [*WARM, *ids[: min(depth, registered)]]
-    with stage(specs) as st:
-        warm_up(st, WARM)
-        os.killpg(st.daemon.pid, signal.SIGSTOP)
+    with stage(range(1, FIRST_ID + min(depth, registered))) as st:  # the warm-up ids, the first queued
+        assert st.observer is not None and st.worker is not None
+        client = st.server.client()
+        warm_up(st, client, WARM)
+        procs.signal_tree(st.worker.pid, signal.SIGSTOP)
         try:
-            paused = timed_fill(st.client, ids)
+            paused = timed_fill(client, ids)
         finally:
             t0 = time.perf_counter()
-            os.killpg(st.daemon.pid, signal.SIGCONT)
+            procs.signal_tree(st.worker.pid, signal.SIGCONT)
         st.observer.wait_for(measured, 120.0)
         done = sorted(st.observer.times(measured).values())
     if len(done) < len(measured):
@@ -146,20 +104,6 @@ def timed_fill(client: redis.Redis, ids: range) -> float:
     return time.perf_counter() - t0
 
 
-def vm_rss_mib(pid: int) -> float:
-    """VmRSS (resident now, not the peak) of the daemon's process tree, in MiB."""
-    total = 0
-    for p in procs.tree(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
-
-
 def rss_growth(tasks: int, warm: int = 1000, chunk: int = 2000, backlog: int = 4000) -> dict[str, object]:
     """Warm the daemon with ``warm`` tasks, read VmRSS, push ``tasks`` more through in chunks while it
     runs (never more than ``backlog`` waiting, so the queue is not what grows), read VmRSS again.
@@ -167,10 +111,12 @@ def rss_growth(tasks: int, warm: int = 1000, chunk: int = 2000, backlog: int = 4
     warm_ids = range(1, warm + 1)
     ids = range(warm + 1, warm + 1 + tasks)
     with stage(range(1, ids.stop)) as st:
-        warm_up(st, warm_ids, 120.0)
+        assert st.observer is not None and st.worker is not None
+        client = st.server.client()
+        warm_up(st, client, warm_ids, 120.0)
         time.sleep(1.0)
-        before = vm_rss_mib(st.daemon.pid)
-        producer, sent = Producer(st.client), 0
+        before = procs.rss_now(st.worker.pid)
+        producer, sent = Producer(client), 0
         marks: list[tuple[int, float]] = []  # (tasks done, VmRSS MiB) every tenth of the way
         t0 = time.perf_counter()
         while len(st.observer.done) - warm < tasks:
@@ -179,13 +125,13 @@ def rss_growth(tasks: int, warm: int = 1000, chunk: int = 2000, backlog: int = 4
                 producer.submit_many(ids[sent : sent + chunk], "user_create")
                 sent = min(tasks, sent + chunk)
             elif time.perf_counter() - t0 > 30 + tasks / 50:
-                raise RuntimeError(f"RSS run: {finished}/{tasks} done\n{st.daemon.tail()}")
+                raise RuntimeError(f"RSS run: {finished}/{tasks} done\n{st.worker.tail()}")
             else:
                 time.sleep(0.05)
             if finished >= (len(marks) + 1) * tasks / 10:
-                marks.append((finished, round(vm_rss_mib(st.daemon.pid), 1)))
+                marks.append((finished, round(procs.rss_now(st.worker.pid), 1)))
                 rate = finished / (time.perf_counter() - t0)
                 progress(f"  rss: {finished}/{tasks} done, {rate:.0f} tasks/s, VmRSS {marks[-1][1]} MiB")
         time.sleep(1.0)
-        after = vm_rss_mib(st.daemon.pid)
+        after = procs.rss_now(st.worker.pid)
     return {"before_mib": before, "after_mib": after, "growth_mib": after - before, "marks": marks}

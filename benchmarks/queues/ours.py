@@ -24,6 +24,13 @@ SPEC_CHUNK = 1000
 ENV_TREE = "BENCH_OURS_TREE"
 
 
+def register_specs(client: redis.Redis, ids: range) -> None:
+    """A running spec per task id (the daemon skips an id it does not know), in chunks of SPEC_CHUNK."""
+    registry = RedisTaskRegistry(client)
+    for start in range(0, len(ids), SPEC_CHUNK):
+        registry.put_many(TaskSpec(task_id=i, keyword=KEYWORD) for i in ids[start : start + SPEC_CHUNK])
+
+
 def cli_works(env: dict[str, str]) -> tuple[bool, str]:
     """Whether ``python -m scheduler run`` can start with that environment (a module another engineer is
     still writing may not import yet)."""
@@ -87,9 +94,7 @@ class OursAdapter(Adapter):
 
     def prepare(self, ids: range) -> None:
         assert self.redis is not None
-        registry = RedisTaskRegistry(self.redis)
-        for start in range(0, len(ids), SPEC_CHUNK):
-            registry.put_many(TaskSpec(task_id=i, keyword=KEYWORD) for i in ids[start : start + SPEC_CHUNK])
+        register_specs(self.redis, ids)
 
     def enqueue_many(self, ids: range) -> None:
         assert self.producer is not None
