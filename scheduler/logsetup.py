@@ -76,10 +76,8 @@ class SecretFilter(logging.Filter):
     def _safe(self, value: Any) -> Any:
         """An extra as a plain JSON value with secrets masked (ints and strings, nearly all, go quickest)."""
         kind = type(value)
-        if kind is int or kind is bool or value is None:
-            return value
-        if kind is str:
-            return self.redact(value)
+        if kind in _PLAIN:
+            return self.redact(value) if kind is str else value
         return self._clean(_jsonable(value))
 
     def _clean(self, value: Any) -> Any:

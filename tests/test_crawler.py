@@ -289,3 +289,16 @@ def test_a_late_cancel_of_a_finished_call_never_ends_the_next_call_on_that_threa
     outcome = client.fetch(request("delay=500", task_id=2), cancel=second)
     assert outcome.attempts == 1 and not second.cancelled
     monkeypatch.setattr(CancelToken, "cancel", original)
+
+
+def test_a_closed_client_opens_no_channel_for_a_thread_that_calls_after(
+    make_client: ClientFactory, crawler_stub: CrawlerStub
+) -> None:
+    """close() ends every thread's channel; a thread calling after it gets an error, never a new channel
+    that nothing would close (review finding: the check and the registration were not one step)."""
+    client = make_client()
+    assert client.fetch(request("switch")).attempts == 1
+    client.close()
+    with pytest.raises(RuntimeError):
+        client.fetch(request("switch"))
+    assert len(crawler_stub.calls) == 1

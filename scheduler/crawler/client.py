@@ -182,7 +182,6 @@ class CrawlerClient:
         self._lines: list[_Line] = []  # every thread's channel, closed by close()
         self._lines_lock = threading.Lock()
         self._credentials: grpc.ChannelCredentials | None = None
-        self._started = False
 
     def start(self) -> CrawlerClient:
         """Open the channel for health checks; each worker thread opens its own on its first call."""
@@ -190,7 +189,6 @@ class CrawlerClient:
             ca = Path(self.tls_ca_file).read_bytes() if self.tls_ca_file else None
             self._credentials = grpc.ssl_channel_credentials(root_certificates=ca)
         self._channel = self._open()
-        self._started = True
         return self
 
     def _open(self) -> grpc.Channel:
@@ -205,23 +203,22 @@ class CrawlerClient:
         line: _Line | None = getattr(self._local, "line", None)
         if line is not None and not line.closed:
             return line
-        if not self._started:
-            raise RuntimeError("CrawlerClient is not started")
-        line = self._local.line = _Line(self._open())
-        with self._lines_lock:
+        with self._lines_lock:  # with close(): a line is either closed by it or never opened
+            self._require(self._channel)  # started, not closed
+            line = _Line(self._open())
             self._lines = [kept for kept in self._lines if not kept.closed]
             self._lines.append(line)
+        self._local.line = line
         return line
 
     def close(self) -> None:
-        self._started = False
         with self._lines_lock:
+            channel, self._channel = self._channel, None
             lines, self._lines = self._lines, []
         for line in lines:
             line.close()
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        if channel is not None:
+            channel.close()
 
     def __enter__(self) -> CrawlerClient:
         return self.start()
