@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.errors import InvalidMessageError, InvalidTaskError
-from scheduler.taskqueue.message import TaskMessage, decode, format_timestamp, parse_timestamp
+from scheduler.taskqueue.message import TaskMessage, decode, encode_new, format_timestamp, parse_timestamp
 
 GO_ENTRY = (
     '{"task_id":42,"action":"execute","timestamp":"2025-12-20T03:03:55.123456789+09:00",'
@@ -62,6 +62,30 @@ def test_timestamps_go_writes(text: str, expected: datetime) -> None:
 def test_bad_timestamps(text: str) -> None:
     with pytest.raises(ValueError):
         parse_timestamp(text)
+
+
+@pytest.mark.parametrize("source", ["user_create", "", 'quote " and \\ back', "日本語", "\u2028 line sep"])
+def test_bulk_encoding_is_byte_for_byte_what_each_message_encodes(source: str) -> None:
+    payloads = encode_new([1, 42, 2**63 - 1], "stop", source)
+    stamps = {decode(p).timestamp for p in payloads}
+    assert len(stamps) == 1  # one instant for the batch
+    (ts,) = stamps
+    expected = [TaskMessage(i, "stop", ts, 0, source or "unknown").encode() for i in (1, 42, 2**63 - 1)]
+    assert payloads == expected
+    assert [json.loads(p)["source"] for p in payloads] == [source or "unknown"] * 3
+
+
+@pytest.mark.parametrize(("ids", "action"), [([1, 0, 2], "execute"), ([1, True], "execute"), ([1], "run")])
+def test_bulk_encoding_checks_everything_before_encoding_anything(ids: list[int], action: str) -> None:
+    with pytest.raises(InvalidTaskError):
+        encode_new(ids, action)  # type: ignore[arg-type]
+
+
+def test_utc_and_offset_stamps_format_the_same_instant() -> None:
+    ts = datetime(2025, 12, 20, 3, 3, 55, 5, tzinfo=UTC)
+    assert format_timestamp(ts) == "2025-12-20T03:03:55.000005Z"
+    assert format_timestamp(ts.astimezone(timezone(timedelta(hours=9)))) == "2025-12-20T12:03:55.000005+09:00"
+    assert format_timestamp(ts.replace(tzinfo=timezone(timedelta(0)))) == "2025-12-20T03:03:55.000005Z"
 
 
 def test_naive_datetime_written_as_utc() -> None:

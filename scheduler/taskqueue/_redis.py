@@ -33,4 +33,9 @@ def connection_errors(what: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise QueueConnectionError(f"{what}: Redis unavailable ({type(exc).__name__}: {exc})") from exc
+        raise unavailable(what, exc) from exc
+
+
+def unavailable(what: str, exc: Exception) -> QueueConnectionError:
+    """The QueueConnectionError for redis-py's connection failure ``exc`` during ``what``."""
+    return QueueConnectionError(f"{what}: Redis unavailable ({type(exc).__name__}: {exc})")
