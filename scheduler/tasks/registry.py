@@ -52,10 +52,10 @@ class TaskSpec:
     def __post_init__(self) -> None:
         check_task_id(self.task_id)
         _check(bool(self.keyword.strip()) and len(self.keyword) <= MAX_KEYWORD_LEN, "keyword", self.keyword)
-        _check_choice("platform", self.platform, Platform)
-        _check_choice("sort", self.sort, SortBy)
-        _check_choice("order", self.order, SortOrder)
-        _check_choice("status", self.status, Status)
+        _check_choice("platform", self.platform, _PLATFORMS)
+        _check_choice("sort", self.sort, _SORTS)
+        _check_choice("order", self.order, _ORDERS)
+        _check_choice("status", self.status, _STATUSES)
         for name in ("min_price", "max_price", "limit"):
             value = getattr(self, name)
             _check(
@@ -83,9 +83,27 @@ class TaskSpec:
     def from_hash(
         cls, task_id: int, raw: Mapping[bytes, bytes] | Mapping[bytes | str, bytes | str]
     ) -> TaskSpec:
-        data = {text(k): text(v) for k, v in raw.items()}
-        known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        """The spec of a registry hash. Parsed specs are kept by content (a periodic task's hash is read
+        every run and rarely changes; a spec is immutable): the same task and fields give the same spec
+        without parsing and checking it again. A hash without ``updated_at`` is parsed every time (its
+        default is the time of parsing)."""
+        key = (task_id, tuple(raw.items()))
+        spec = _PARSED.get(key)
+        if spec is None:
+            spec = cls._parse(task_id, raw)
+            if b"updated_at" in raw or "updated_at" in raw:
+                if len(_PARSED) >= _PARSED_MAX:
+                    _PARSED.clear()  # bounded; refilled by the next reads
+                _PARSED[key] = spec
+        return spec
+
+    @classmethod
+    def _parse(cls, task_id: int, raw: Mapping[bytes, bytes] | Mapping[bytes | str, bytes | str]) -> TaskSpec:
+        kwargs: dict[str, Any] = {}
+        for k, v in raw.items():
+            name = text(k)
+            if name in _FIELD_NAMES:
+                kwargs[name] = text(v)
         for name in ("min_price", "max_price", "limit"):
             if name in kwargs:
                 kwargs[name] = int(kwargs[name])
@@ -109,6 +127,15 @@ class TaskSpec:
         return replace(self, status=status, updated_at=time.time())
 
 
+_FIELD_NAMES: Final = frozenset(f.name for f in fields(TaskSpec))
+_PLATFORMS: Final = get_args(Platform)
+_SORTS: Final = get_args(SortBy)
+_ORDERS: Final = get_args(SortOrder)
+_STATUSES: Final = get_args(Status)
+_PARSED: dict[tuple[int, tuple[Any, ...]], TaskSpec] = {}
+_PARSED_MAX: Final = 2048  # ~1.6 KB each with its key: a few MB at most
+
+
 def status_stamp(status_at: object, updated_at: object) -> int:
     """The later of ``status_at`` (a stamp) and ``updated_at`` (seconds: the previous release's only
     stamp), as ``set_status.lua`` compares them."""
@@ -120,8 +147,7 @@ def _check(ok: bool, name: str, value: object) -> None:
         raise InvalidTaskError(f"invalid {name}: {value!r}")
 
 
-def _check_choice(name: str, value: object, choices: Any) -> None:
-    allowed = get_args(choices)
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InvalidTaskError(f"invalid {name}: {value!r} (one of {', '.join(allowed)})")
 
