@@ -9,7 +9,9 @@ Definitions, per task id:
 - *lost*: an acknowledged execute of a unique task with no run at all; for a shared task, an
   acknowledged execute with no OK call that started after it and no later stop. Tasks with an entry a
   trim/DEL fault removed before it was read, or that was pending when a DEL removed the stream and its
-  group, count as *deleted*, and with ``appendfsync everysec`` submits
+  group, count as *deleted* (for a shared task, each such execute: by its own entry or a retry's, which
+  names the request it carries; or one pending when an XTRIM took its payload, dead-lettered
+  ``payload_lost`` later), and with ``appendfsync everysec`` submits
   acknowledged within the fsync window before a Redis kill count as the *AOF loss window*; neither fails.
 - *unexpected*: calls for a task id nobody submitted.
 - *duplicated*: crawl runs (OK or permanent calls) of a unique task beyond one per acknowledged execute.
@@ -185,9 +187,10 @@ def check(
     # entry too): no queue can finish work whose payload and pending list were deleted
     removed |= {seen[e] for e in deleted.pending if e in seen}
     windows = [(e.t0 - EVERYSEC_WINDOW_S, e.t0) for e in events if e.kind == "redis-restart" and everysec]
+    gone = _removed_requests(deleted, dead)
     for task_id, mine in sorted(acked.items()):
         if task_id >= SHARED_BASE:
-            _check_shared(v, task_id, mine, submits, runs[task_id])
+            _check_shared(v, task_id, mine, submits, runs[task_id], gone)
         elif task_id not in uncertain:
             _check_unique(
                 v, task_id, mine, runs[task_id], dl_runs[task_id], (removed, deleted.pending), windows
@@ -243,14 +246,36 @@ def _check_unique(
         v.details["duplicated"].append(f"task {task_id}: " + ", ".join(shown))
 
 
+def _removed_requests(deleted: Deleted, dead: list[DeadLetter]) -> set[tuple[int, str]]:
+    """(task id, entry id of the request) of every request whose entry a trim/DEL removed before any
+    consumer finished it: unread, pending when a DEL took the group, or pending when an XTRIM took its
+    payload (the pending entry stays; the reclaim then finds no payload and dead-letters it). A request is
+    named by its first entry: a retry's entry carries it as its origin. The task is the one the fault saw
+    in the entry (after a DEL a later submit may get the same entry id)."""
+    payload_lost = {d.original_id for d in dead if d.reason.startswith("payload_lost")}
+    return {
+        (deleted.tasks[e], deleted.origins.get(e, e))
+        for e in deleted.unread | deleted.pending | payload_lost
+        if e in deleted.tasks
+    }
+
+
 def _check_shared(
-    v: Verdict, task_id: int, mine: list[Submit], submits: list[Submit], runs: list[Call]
+    v: Verdict,
+    task_id: int,
+    mine: list[Submit],
+    submits: list[Submit],
+    runs: list[Call],
+    gone: set[tuple[int, str]],
 ) -> None:
     stops = [s.ts for s in submits if s.task_id == task_id and s.action == "stop"]  # uncertain stops too
     for s in mine:
         if s.action != "execute" or any(t > s.ts for t in stops):
             continue
         if not any(c.code == "OK" and c.start > s.ts for c in runs):
+            if s.entry_id is not None and (task_id, s.entry_id) in gone:
+                v.deleted += 1  # the fault removed it before anyone could run it
+                continue
             v.lost += 1
             during = [c for c in runs if c.start <= s.ts <= c.end + 0.05]
             why = f" (a crawl started at {during[0].start:.3f} was in flight)" if during else ""

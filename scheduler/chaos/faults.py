@@ -46,8 +46,11 @@ class Deleted:
     """Entries removed by a trim/DEL fault before any consumer finished them."""
 
     unread: set[str] = field(default_factory=set)
-    pending: set[str] = field(default_factory=set)  # pending when the stream was DEL'd (noted, still lost)
+    pending: set[str] = field(default_factory=set)  # pending when the stream was DEL'd (with its group)
     tasks: dict[str, int] = field(default_factory=dict)  # entry id -> task id of every entry seen removed
+    # entry id -> the entry id of the request it carried, for every entry seen removed that was a retry
+    # (a deferral or requeue re-adds a request under a new id; its payload's ``origin`` names the first)
+    origins: dict[str, str] = field(default_factory=dict)
 
 
 class Injector(threading.Thread):
@@ -121,9 +124,11 @@ class Injector(threading.Thread):
             held = set() if isinstance(pending, Exception) else {text(p["message_id"]) for p in pending}
             ids = [text(entry_id) for entry_id, _ in entries]
             for entry_id, fields in entries:
-                task = _task_of(fields)
+                task, origin = _request_of(fields)
                 if task is not None:
                     self.h.deleted.tasks[text(entry_id)] = task
+                if origin is not None:
+                    self.h.deleted.origins[text(entry_id)] = origin
             unread = {e for e in ids if entry_key(e) > entry_key(last)}
             self.h.deleted.unread |= unread
             if delete:
@@ -243,11 +248,15 @@ class Injector(threading.Thread):
         self.kill9(self.victim(), (0.0, 0.5))
 
 
-def _task_of(fields: dict[bytes, bytes] | None) -> int | None:
+def _request_of(fields: dict[bytes, bytes] | None) -> tuple[int | None, str | None]:
+    """An entry's task id and, for a retry, the entry id of the request it carries (its ``origin``)."""
     try:
-        return int(json.loads((fields or {})[b"data"])["task_id"])
+        data = json.loads((fields or {})[b"data"])
+        task = int(data["task_id"])
     except (KeyError, ValueError, TypeError):
-        return None
+        return None, None
+    origin = data.get("origin") if isinstance(data, dict) else None
+    return task, origin if isinstance(origin, str) and origin else None
 
 
 class FaultContext(Protocol):

@@ -336,10 +336,14 @@ class Run:
         self._dump()
 
     def _dump(self) -> None:
-        """The run's record beside its logs: submits and events as JSON lines (kept when a run fails)."""
+        """The run's record beside its logs: submits and events as JSON lines, and what the trim/DEL faults
+        removed (kept when a run fails)."""
         assert self.recorder is not None
         with open(self.tmp / "submits.jsonl", "w") as out:
             out.writelines(json.dumps(dataclasses.asdict(s)) + "\n" for s in self.recorder.submits)
         with open(self.tmp / "events.jsonl", "w") as out:
             for e in self.events:
                 out.write(json.dumps({**dataclasses.asdict(e), "ports": sorted(e.ports)}) + "\n")
+        removed = dataclasses.asdict(self.deleted)
+        removed = {k: sorted(v, key=state.entry_key) if isinstance(v, set) else v for k, v in removed.items()}
+        (self.tmp / "deleted.json").write_text(json.dumps(removed, indent=1), encoding="utf-8")

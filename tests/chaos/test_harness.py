@@ -81,6 +81,75 @@ def test_checker_ties_a_moved_retrys_dead_letter_to_its_task_and_names_moves_of_
     assert v.details["lost"] == ["task 2 entry 2-0 submitted at 1.500; its retries were moved to 8-0"]
 
 
+def _e6a9_trim() -> tuple[list[Submit], list[Call], list[DeadLetter], Deleted]:
+    """Seed e6a9 (mixed): one XTRIM MAXLEN 0 (held back by a CLIENT PAUSE) with last-delivered-id
+    1796297673622-0 removed 234 entries. Two shared executes were still unread: 9000003's 1796297675979-0
+    and 9000001's 1796297679400-0 (XADDed during the pause, just before the trim ran); no daemon ever read
+    them. 9000001's 1796297673332-0 was pending in chaos-2 (crawled at 676.364, then the daemon was
+    killed): its payload went too, and a reclaim dead-lettered it payload_lost."""
+    a, b = SHARED_BASE + 1, SHARED_BASE + 3
+    submits = [
+        Submit(b, "execute", 669.423, "1796297669423-0", 669.424),
+        Submit(b, "stop", 670.624, "1796297670624-0", 670.625),
+        Submit(a, "execute", 673.332, "1796297673332-0", 673.333),
+        Submit(b, "execute", 674.623, None, 674.623),  # uncertain (a Redis restart)
+        Submit(b, "execute", 675.978, "1796297675979-0", 675.981),
+        Submit(a, "execute", 679.400, "1796297679400-0", 679.401),
+        Submit(a, "execute", 683.356, None, 683.356),  # the last executes: uncertain (a Redis restart)
+        Submit(b, "execute", 683.356, None, 683.356),
+    ]
+    calls = [
+        Call(b, f"shared {b}", "OK", 673.389, 673.491, 40468),
+        Call(a, f"shared {a}", "OK", 676.365, 676.467, 40480),
+    ]
+    dead = [DeadLetter(None, "1796297673332-0", "payload_lost: entry was trimmed or deleted", 679.417)]
+    deleted = Deleted(
+        unread={"1796297675979-0", "1796297679400-0", "1796297679401-0"},
+        tasks={
+            "1796297669423-0": b,
+            "1796297670624-0": b,
+            "1796297673332-0": a,
+            "1796297675979-0": b,
+            "1796297679400-0": a,
+            "1796297679401-0": 216,
+        },
+    )
+    return submits, calls, dead, deleted
+
+
+def test_checker_shared_executes_a_trim_removed_unread_are_the_faults_not_lost() -> None:
+    submits, calls, dead, deleted = _e6a9_trim()
+    v = check(submits, calls, dead, [], {}, deleted, everysec=False)
+    assert (v.lost, v.deleted) == (0, 2), v.details["lost"]
+
+
+def test_checker_shared_execute_not_removed_and_never_crawled_is_still_lost() -> None:
+    submits, calls, dead, deleted = _e6a9_trim()
+    a = SHARED_BASE + 1
+    deleted.unread.discard("1796297679400-0")  # seen by the trim, but already read: the fault's no excuse
+    submits.append(Submit(a, "execute", 680.0, "1796297680000-0", 680.001))  # after the trim
+    v = check(submits, calls, dead, [], {}, deleted, everysec=False)
+    assert (v.lost, v.deleted) == (2, 1)
+    assert [n.split(" at ")[0] for n in v.details["lost"]] == [
+        f"shared task {a}: execute 1796297679400-0",
+        f"shared task {a}: execute 1796297680000-0",
+    ]
+
+
+def test_checker_shared_execute_whose_retry_or_payload_a_trim_removed_is_the_faults() -> None:
+    t = SHARED_BASE
+    submits = [
+        Submit(t, "execute", 1.0, "1-0", 1.0),  # deferred behind a run: its retry is 5-0 (origin 1-0)
+        Submit(t, "execute", 2.0, "2-0", 2.0),  # pending when an XTRIM took its payload: payload_lost
+        Submit(t, "execute", 3.0, "3-0", 3.0),  # pending at that XTRIM too, but no dead letter: lost
+    ]
+    deleted = Deleted(unread={"5-0"}, tasks={"5-0": t, "2-0": t, "3-0": t}, origins={"5-0": "1-0"})
+    dead = [DeadLetter(None, "2-0", "payload_lost: entry was trimmed or deleted", 4.0)]
+    v = check(submits, [], dead, [], {}, deleted, everysec=False, moved={"5-0": t})
+    assert (v.lost, v.deleted) == (1, 2)
+    assert "execute 3-0" in v.details["lost"][0]
+
+
 FAULT_OPTIONS = dataclasses.replace(OPTIONS, shared=0)  # the shared tasks have their own test below
 
 
