@@ -19,11 +19,12 @@ from matplotlib.axes import Axes
 from benchmarks import rounds as r_
 from benchmarks.report import num
 
-VARIANT_SUFFIXES = ("-p2", "-w2", "-ref")  # drawn dashed, in the colour of the queue they vary
+VARIANT_SUFFIXES = ("-p2", "-w2", "-ref")  # drawn in the colour of the queue they vary
+VARIANT_LINES = {"-p2": "--", "-w2": "--", "-ref": "-."}  # two variants of one queue never share a line
 
 
 def _style(names: list[str]) -> dict[str, tuple[Any, str]]:
-    """A colour per base queue (the same in every panel) and a dashed line for its variants."""
+    """A colour per base queue (the same in every panel); its variants dashed (-p2, -w2) or dash-dotted (-ref)."""
     palette = matplotlib.color_sequences["tab10"]
     bases: list[str] = []
     for name in names:
@@ -31,7 +32,11 @@ def _style(names: list[str]) -> dict[str, tuple[Any, str]]:
         if base not in bases:
             bases.append(base)
     colour = {base: palette[k % len(palette)] for k, base in enumerate(bases)}
-    return {n: (colour[_base(n)], "--" if _base(n) != n else "-") for n in names}
+    return {n: (colour[_base(n)], _line(n)) for n in names}
+
+
+def _line(name: str) -> str:
+    return next((line for suffix, line in VARIANT_LINES.items() if name.endswith(suffix)), "-")
 
 
 def _base(name: str) -> str:
