@@ -13,6 +13,7 @@ QUEUES = {
     "ours": "benchmarks.queues.ours:OursAdapter",
     "ours-p2": "benchmarks.queues.ours:OursP2Adapter",  # APP_PROCESSES=2
     "ours-ref": "benchmarks.queues.ours:OursRefAdapter",  # from the checkout in BENCH_OURS_TREE
+    "ours-mysql": "benchmarks.queues.ours:OursMysqlAdapter",  # GoodsHunter's data path on local MariaDB
     "celery": "benchmarks.queues.celery_bench:CeleryAdapter",
     "dramatiq": "benchmarks.queues.dramatiq_bench:DramatiqAdapter",
     "dramatiq-p2": "benchmarks.queues.dramatiq_bench:DramatiqP2Adapter",
@@ -26,7 +27,7 @@ QUEUES = {
 }
 QUICK = ["ours", "celery", "dramatiq", "taskiq", "saq", "arq", "rq"]
 MULTI_PROCESS = ["ours-p2", "dramatiq-p2", "taskiq-w2"]  # two processes each: both cores in use
-DEFAULT = [*QUICK, "rq-simple", "floor", *MULTI_PROCESS]
+DEFAULT = [*QUICK, "rq-simple", "floor", "ours-mysql", *MULTI_PROCESS]
 
 
 def load(name: str) -> Adapter:

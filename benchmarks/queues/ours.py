@@ -2,6 +2,7 @@
 registered as specs. ``ours-p2``: the same command with ``APP_PROCESSES=2`` (its supervisor and two daemon
 processes). ``ours-ref``: the daemon from another checkout (``BENCH_OURS_TREE``), for a before/after
 comparison in one run; the harness side (Producer, registry) stays this tree's: the wire format is shared.
+``ours-mysql``: the daemon on GoodsHunter's MySQL data path, against the machine's MariaDB.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -17,6 +20,9 @@ from benchmarks.queues.base import Adapter
 from benchmarks.work import KEYWORD
 from scheduler.taskqueue import Producer, keys
 from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
+
+if TYPE_CHECKING:
+    from scheduler.devtools.private_mysql import PrivateDatabase
 
 SPEC_CHUNK = 1000
 
@@ -148,3 +154,61 @@ class OursRefAdapter(OursAdapter):
 
     def config(self, concurrency: int) -> str:
         return f"{super().config(concurrency)}; from {self.tree} (commit {self.commit or '?'})"
+
+
+class OursMysqlAdapter(OursAdapter):
+    """Our daemon on GoodsHunter's data path (``app.task_store = mysql``): each task a row of a private
+    database on the machine's MariaDB/MySQL (``scheduler.devtools.private_mysql``, the tests' own), read
+    per run, and each crawl's items and timeline written there; beside ``ours``, the same work on the
+    embedded Redis registry. Rows are made with mails off (no SMTP server in a benchmark)."""
+
+    name = "ours-mysql"
+
+    def __init__(self) -> None:
+        from scheduler.devtools.private_mysql import unreachable_reason
+
+        why = unreachable_reason()
+        if why:
+            raise RuntimeError(why)
+        super().__init__()
+        self.db: PrivateDatabase | None = None
+
+    def config(self, concurrency: int) -> str:
+        return f"{super().config(concurrency)}; task_store mysql (private database on the local MariaDB)"
+
+    def open(self, redis_url: str) -> None:
+        from scheduler.devtools.private_mysql import PrivateDatabase
+
+        super().open(redis_url)
+        self.db = PrivateDatabase()
+
+    def prepare(self, ids: range) -> None:
+        """A user and one running task row per id, as GoodsHunter's API writes them (ids given: the
+        stream's task ids are the rows' ids)."""
+        assert self.db is not None
+        now = datetime.now()
+        with self.db.conn.cursor() as cur:
+            cur.execute("INSERT INTO users (email, password, role, created_at) VALUES ('bench@example.com',"
+                        " 'x', 'admin', %s)", (now,))  # fmt: skip
+            user = cur.lastrowid
+            rows = [(i, now, now, user, KEYWORD) for i in ids]
+            for start in range(0, len(rows), SPEC_CHUNK):
+                cur.executemany(
+                    "INSERT INTO tasks (id, created_at, updated_at, user_id, keyword, min_price, max_price,"
+                    " platform, sort_by, sort_order, status, notify_enabled)"
+                    " VALUES (%s, %s, %s, %s, %s, 0, 0, 1, 0, 0, 'running', false)",
+                    rows[start : start + SPEC_CHUNK],
+                )
+
+    def worker_env(self, redis_url: str, crawler_addr: str, concurrency: int) -> dict[str, str]:
+        assert self.db is not None
+        return {**super().worker_env(redis_url, crawler_addr, concurrency), "APP_TASK_STORE": "mysql",
+                "MYSQL_DSN": self.db.dsn}  # fmt: skip
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.db is not None:
+                self.db.drop()
+                self.db = None
