@@ -85,7 +85,7 @@ def test_utc_and_offset_stamps_format_the_same_instant() -> None:
     ts = datetime(2025, 12, 20, 3, 3, 55, 5, tzinfo=UTC)
     assert format_timestamp(ts) == "2025-12-20T03:03:55.000005Z"
     assert format_timestamp(ts.astimezone(timezone(timedelta(hours=9)))) == "2025-12-20T12:03:55.000005+09:00"
-    assert format_timestamp(ts.replace(tzinfo=timezone(timedelta(0)))) == "2025-12-20T03:03:55.000005Z"
+    assert format_timestamp(ts.replace(tzinfo=timezone(timedelta(0), "X"))) == "2025-12-20T03:03:55.000005Z"
 
 
 def test_naive_datetime_written_as_utc() -> None:

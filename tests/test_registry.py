@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
+from scheduler.errors import InvalidTaskError
 from scheduler.taskqueue import keys
 from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 
@@ -43,3 +45,15 @@ def test_an_unreadable_spec_is_unknown_on_every_read(r: redis.Redis) -> None:
         pipe = r.pipeline()
         registry.queue_get_many(pipe, [75])
         assert registry.parse_many([75], pipe.execute()) == {75: None}
+
+
+def test_a_long_spec_is_parsed_each_time_and_a_bool_id_is_never_task_1(r: redis.Redis) -> None:
+    registry = RedisTaskRegistry(r)
+    words = tuple(f"word{i:04d}" for i in range(200))  # ~1.8 KB of exclusions: not kept
+    registry.put_many([TaskSpec(76, "long", exclude_keywords=words, updated_at=4.0), TaskSpec(1, "one")])
+    a, b = registry.get(76), registry.get(76)
+    assert a is not None and a == b and a is not b and a.exclude_keywords == words
+    raw = r.hgetall(keys.task_spec_key(1))
+    assert TaskSpec.from_hash(1, raw).task_id == 1
+    with pytest.raises(InvalidTaskError):
+        TaskSpec.from_hash(True, raw)  # type: ignore[arg-type]

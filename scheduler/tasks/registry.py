@@ -88,10 +88,11 @@ class TaskSpec:
         without parsing and checking it again. A hash without ``updated_at`` is parsed every time (its
         default is the time of parsing)."""
         key = (task_id, tuple(raw.items()))
-        spec = _PARSED.get(key)
+        spec = _PARSED.get(key) if type(task_id) is int else None  # True == 1: never task 1's spec
         if spec is None:
             spec = cls._parse(task_id, raw)
-            if b"updated_at" in raw or "updated_at" in raw:
+            # kept: hashes with an updated_at, of a bounded size (a long exclusion list is parsed each time)
+            if (b"updated_at" in raw or "updated_at" in raw) and sum(map(len, raw.values())) <= _PARSED_BYTES:
                 if len(_PARSED) >= _PARSED_MAX:
                     _PARSED.clear()  # bounded; refilled by the next reads
                 _PARSED[key] = spec
@@ -133,7 +134,8 @@ _SORTS: Final = get_args(SortBy)
 _ORDERS: Final = get_args(SortOrder)
 _STATUSES: Final = get_args(Status)
 _PARSED: dict[tuple[int, tuple[Any, ...]], TaskSpec] = {}
-_PARSED_MAX: Final = 2048  # ~1.6 KB each with its key: a few MB at most
+_PARSED_MAX: Final = 2048  # ~1.6 KB each with its key (~3 MB); at most ~5 MB with _PARSED_BYTES
+_PARSED_BYTES: Final = 1024  # field values of a cached hash, in all
 
 
 def status_stamp(status_at: object, updated_at: object) -> int:
