@@ -23,7 +23,7 @@ import redis
 from benchmarks import micro, procs
 from benchmarks.profile_stacks import Stacks
 from benchmarks.queues.base import BIN
-from benchmarks.queues.ours import OursAdapter
+from benchmarks.queues.ours import OursAdapter, OursMysqlAdapter
 from benchmarks.runner import REPO, Options, Stage, run_baseline, run_paced
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -128,7 +128,7 @@ def profile(stage: Stage, args: argparse.Namespace, ids: list[range]) -> list[st
     warm, first, second, paced = ids
     pid = stage.worker.pid
     burst(stage, warm)
-    folded, svg = RESULTS / "profile-ours.folded", RESULTS / "profile-ours.svg"
+    folded, svg = RESULTS / f"profile-{stage.name}.folded", RESULTS / f"profile-{stage.name}.svg"
     stats = stage.server.client()
     spy = record(pid, "raw", folded, args.rate)
     calls0, meter = command_calls(stats), ThreadMeter(pid)
@@ -178,6 +178,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--store", choices=("redis", "mysql"), default="redis",
+        help="the task store: the embedded Redis registry, or GoodsHunter's MySQL data path (local MariaDB)",
+    )  # fmt: skip
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     opts = Options(
@@ -188,7 +192,8 @@ def main() -> int:
     first = range(warm.stop, warm.stop + args.tasks)
     second = range(first.stop, first.stop + args.tasks)
     paced = range(second.stop, second.stop + 2000)
-    with Stage("ours", OursAdapter(), opts, range(1, paced.stop)) as stage:
+    adapter = OursMysqlAdapter() if args.store == "mysql" else OursAdapter()
+    with Stage(adapter.name, adapter, opts, range(1, paced.stop)) as stage:
         lines = profile(stage, args, [warm, first, second, paced])
         lines += ["", *micro.render(micro.measure(stage.server.url, stage.crawler_addr))]
     lines += ["", *grpc_styles(opts)]

@@ -232,18 +232,18 @@ class GoodsHunterResults:
                             for it in items
                         ),
                     )
+                    # each item's row id and, where this task links it already, the link's time: one
+                    # round trip (at most one link per task and item: the key the INSERT below relies on)
                     marks = ", ".join(["%s"] * len(items))
                     cur.execute(
-                        f"SELECT id, source_id FROM items WHERE source_id IN ({marks})",
-                        [it.source_id for it in items],
-                    )
-                    ids = {_key(str(s)): int(i) for i, s in cur.fetchall()}
-                    cur.execute(
-                        "SELECT i.source_id, ti.created_at FROM task_items ti JOIN items i ON i.id = ti.item_id"
-                        f" WHERE ti.task_id = %s AND i.source_id IN ({marks})",
+                        "SELECT i.id, i.source_id, ti.item_id IS NOT NULL, ti.created_at FROM items i"
+                        " LEFT JOIN task_items ti ON ti.item_id = i.id AND ti.task_id = %s"
+                        f" WHERE i.source_id IN ({marks})",
                         [ctx.task_id, *[it.source_id for it in items]],
                     )
-                    linked = {_key(str(s)): t for s, t in cur.fetchall()}
+                    rows = cur.fetchall()
+                    ids = {_key(str(s)): int(i) for i, s, _, _ in rows}
+                    linked = {_key(str(s)): t for _, s, has_link, t in rows if has_link}
                     links, cheaper = [], []
                     anchor: datetime | None = None  # the link time of the last known item above
                     for rank, it in enumerate(items, start=1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,26 @@ class StoreError(SchedulerError):
         super().__init__(message)
         self.code = code
         self.detail = detail or message
+
+
+def _reusable(conn: pymysql.connections.Connection[Any]) -> bool:
+    """Whether an idle connection is still open, without a round trip: an idle connection has nothing to
+    read, so a readable socket means the server closed it (EOF) or said why before closing (an error
+    packet). The Go driver checks its pooled connections the same way; a ping would cost a round trip
+    on every checkout (several per crawl). Where the socket cannot be seen, the ping it replaces."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        try:
+            conn.ping(reconnect=False)
+        except pymysql.MySQLError:
+            return False
+        return True
+    try:
+        poller = select.poll()  # not select(): no limit on the descriptor's number
+        poller.register(sock, select.POLLIN)
+        return not poller.poll(0)  # readable, hung up or in error: not reusable
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 class MysqlPool:
@@ -89,12 +110,9 @@ class MysqlPool:
                 conn = self._idle.get_nowait()
             except queue.Empty:
                 pass
-            if conn is not None:
-                try:
-                    conn.ping(reconnect=False)  # idle past wait_timeout, or the server restarted: a new one
-                except pymysql.MySQLError:
-                    _close(conn)
-                    conn = None
+            if conn is not None and not _reusable(conn):
+                _close(conn)  # closed by the server (wait_timeout, a restart, KILL): a new one
+                conn = None
             if conn is None:
                 try:
                     conn = self._connect()
