@@ -11,6 +11,7 @@ import logging
 import queue
 import select
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
@@ -45,40 +46,53 @@ class StoreError(SchedulerError):
         self.detail = detail or message
 
 
-def _reusable(conn: pymysql.connections.Connection[Any]) -> bool:
-    """Whether an idle connection is still open, without a round trip: an idle connection has nothing to
-    read, so a readable socket means the server closed it (EOF) or said why before closing (an error
-    packet). The Go driver checks its pooled connections the same way; a ping would cost a round trip
-    on every checkout (several per crawl). Where the socket cannot be seen, the ping it replaces."""
+def _reusable(conn: pymysql.connections.Connection[Any], idle_s: float, ping_idle_s: float) -> bool:
+    """Whether an idle connection is still open. Its socket first, without a round trip: an idle
+    connection has nothing to read, so a readable socket means the server closed it (EOF) or said why
+    before closing (an error packet). The Go driver checks its pooled connections the same way; a ping
+    would cost a round trip on every checkout (several per crawl). A quiet socket proves nothing of a
+    connection the network forgot without a FIN (a NAT, a load balancer or a firewall past its idle
+    timeout, a server host that rebooted): its next query is reset (2013). So one idle longer than
+    ``ping_idle_s`` is pinged as well, as before (under load, connections never idle that long)."""
     sock = getattr(conn, "_sock", None)
-    if sock is None:
+    if sock is not None:
         try:
-            conn.ping(reconnect=False)
-        except pymysql.MySQLError:
+            poller = select.poll()  # not select(): no limit on the descriptor's number
+            poller.register(sock, select.POLLIN)
+            if poller.poll(0):  # readable, hung up or in error: not reusable
+                return False
+        except (OSError, ValueError):  # closed meanwhile
             return False
-        return True
+        if idle_s < ping_idle_s:
+            return True
     try:
-        poller = select.poll()  # not select(): no limit on the descriptor's number
-        poller.register(sock, select.POLLIN)
-        return not poller.poll(0)  # readable, hung up or in error: not reusable
-    except (OSError, ValueError):  # closed meanwhile
+        conn.ping(reconnect=False)
+    except pymysql.MySQLError:
         return False
+    return True
 
 
 class MysqlPool:
     """A few PyMySQL connections shared by the worker threads (a connection is not thread-safe)."""
 
     def __init__(
-        self, target: MysqlTarget, size: int = 8, connect_timeout: float = 5.0, wait_s: float = 10.0
+        self,
+        target: MysqlTarget,
+        size: int = 8,
+        connect_timeout: float = 5.0,
+        wait_s: float = 10.0,
+        ping_idle_s: float = 1.0,
     ) -> None:
         self.target = target
         self.size = size
         self.connect_timeout = connect_timeout
         self.wait_s = wait_s  # longest wait for a free connection: a stalled database never stalls a thread
+        self.ping_idle_s = ping_idle_s  # a connection idle longer is pinged at checkout, not only polled
         loc = target.params.get("loc", "UTC")
         self.local = loc == "Local"  # the machine's zone, daylight saving included (naive local times)
         self.tz = UTC if self.local else _zone(loc)
-        self._idle: queue.LifoQueue[pymysql.connections.Connection[Any]] = queue.LifoQueue()
+        # (connection, time.monotonic() when it was put back)
+        self._idle: queue.LifoQueue[tuple[pymysql.connections.Connection[Any], float]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
 
     def _connect(self) -> pymysql.connections.Connection[Any]:
@@ -107,12 +121,13 @@ class MysqlPool:
         conn = None
         try:
             try:
-                conn = self._idle.get_nowait()
+                conn, since = self._idle.get_nowait()
             except queue.Empty:
                 pass
-            if conn is not None and not _reusable(conn):
-                _close(conn)  # closed by the server (wait_timeout, a restart, KILL): a new one
-                conn = None
+            else:
+                if not _reusable(conn, time.monotonic() - since, self.ping_idle_s):
+                    _close(conn)  # closed (wait_timeout, a restart, KILL, forgotten): a new one
+                    conn = None
             if conn is None:
                 try:
                     conn = self._connect()
@@ -135,7 +150,7 @@ class MysqlPool:
             raise
         finally:
             if conn is not None:
-                self._idle.put(conn)
+                self._idle.put((conn, time.monotonic()))
             self._slots.release()
 
     def now(self) -> datetime:
@@ -154,7 +169,7 @@ class MysqlPool:
     def close(self) -> None:
         while True:
             try:
-                _close(self._idle.get_nowait())
+                _close(self._idle.get_nowait()[0])
             except queue.Empty:
                 return
 
