@@ -142,8 +142,8 @@ class GoodsHunterResults:
             )
             ctx = dataclasses.replace(ctx, first_run=True, notify_to="")
         now = self.pool.now()
-        # one connection for the transaction and, after the merge script, the row's times (a checkout
-        # costs a ping); the whole sequence is repeatable, so a deadlock or a lost connection repeats it
+        # one connection for the transaction and, after the merge script, the row's times (one checkout,
+        # not two); the whole sequence is repeatable, so a deadlock or a lost connection repeats it
         for attempt in range(1, TRANSACTION_TRIES + 1):
             try:
                 with self.pool.connection() as conn:
