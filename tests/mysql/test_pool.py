@@ -4,6 +4,7 @@ handed out, however it died (the server closed it, or the network forgot it with
 from __future__ import annotations
 
 import dataclasses
+import select
 import socket
 import struct
 import threading
@@ -95,9 +96,19 @@ def proxy(mysql_database: Database) -> Iterator[ForgetfulProxy]:
     p.close()
 
 
-def through(db: Database, proxy: ForgetfulProxy) -> MysqlPool:
+def through(db: Database, proxy: ForgetfulProxy, ping_idle_s: float = 1.0) -> MysqlPool:
     target = dataclasses.replace(parse_go_dsn(db.dsn), host="127.0.0.1", port=proxy.port)
-    return MysqlPool(target, size=2)
+    return MysqlPool(target, size=2, ping_idle_s=ping_idle_s)
+
+
+def wait_readable(pool: MysqlPool, within_s: float = 5.0) -> None:
+    """Until the idle connection's socket shows what the server did (the FIN through the proxy's thread)."""
+    conn, _ = pool._idle.queue[-1]
+    poller = select.poll()
+    poller.register(conn._sock, select.POLLIN)
+    deadline = time.monotonic() + within_s
+    while not poller.poll(50) and time.monotonic() < deadline:
+        pass
 
 
 def test_an_idle_connection_the_network_forgot_is_replaced_not_an_error(
@@ -119,8 +130,9 @@ def test_an_idle_connection_the_network_forgot_is_replaced_not_an_error(
 
 
 def test_a_connection_reused_at_once_costs_no_ping(mysql_database: Database, proxy: ForgetfulProxy) -> None:
-    """Under load a connection goes back and out again within milliseconds: the poll alone checks it."""
-    pool = through(mysql_database, proxy)
+    """Under load a connection goes back and out again within milliseconds: the poll alone checks it (a
+    threshold far above the loop's time, so a stalled machine cannot turn a reuse into an idle one)."""
+    pool = through(mysql_database, proxy, ping_idle_s=60.0)
     try:
         with pool.connection() as conn:
             pass
@@ -136,12 +148,12 @@ def test_a_connection_reused_at_once_costs_no_ping(mysql_database: Database, pro
 def test_a_connection_the_server_closed_is_replaced_without_a_ping(
     mysql_database: Database, proxy: ForgetfulProxy
 ) -> None:
-    pool = through(mysql_database, proxy)
+    pool = through(mysql_database, proxy, ping_idle_s=60.0)  # no ping: the poll alone must see it
     try:
         store = MysqlTaskStore(pool)
         [row] = store.query("SELECT CONNECTION_ID() AS id")
         mysql_database.execute(f"KILL {int(row['id'])}")  # wait_timeout, a restart: the server's FIN
-        time.sleep(0.2)
+        wait_readable(pool)
         assert store.query("SELECT 1 AS one") == [{"one": 1}]
     finally:
         pool.close()
