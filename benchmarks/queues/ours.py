@@ -12,17 +12,14 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import redis
 
 from benchmarks.queues.base import Adapter
 from benchmarks.work import KEYWORD
+from scheduler.devtools.private_mysql import PrivateDatabase, unreachable_reason
 from scheduler.taskqueue import Producer, keys
 from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
-
-if TYPE_CHECKING:
-    from scheduler.devtools.private_mysql import PrivateDatabase
 
 SPEC_CHUNK = 1000
 
@@ -165,8 +162,6 @@ class OursMysqlAdapter(OursAdapter):
     name = "ours-mysql"
 
     def __init__(self) -> None:
-        from scheduler.devtools.private_mysql import unreachable_reason
-
         why = unreachable_reason()
         if why:
             raise RuntimeError(why)
@@ -177,8 +172,6 @@ class OursMysqlAdapter(OursAdapter):
         return f"{super().config(concurrency)}; task_store mysql (private database on the local MariaDB)"
 
     def open(self, redis_url: str) -> None:
-        from scheduler.devtools.private_mysql import PrivateDatabase
-
         super().open(redis_url)
         self.db = PrivateDatabase()
 
@@ -186,19 +179,9 @@ class OursMysqlAdapter(OursAdapter):
         """A user and one running task row per id, as GoodsHunter's API writes them (ids given: the
         stream's task ids are the rows' ids)."""
         assert self.db is not None
-        now = datetime.now()
-        with self.db.conn.cursor() as cur:
-            cur.execute("INSERT INTO users (email, password, role, created_at) VALUES ('bench@example.com',"
-                        " 'x', 'admin', %s)", (now,))  # fmt: skip
-            user = cur.lastrowid
-            rows = [(i, now, now, user, KEYWORD) for i in ids]
-            for start in range(0, len(rows), SPEC_CHUNK):
-                cur.executemany(
-                    "INSERT INTO tasks (id, created_at, updated_at, user_id, keyword, min_price, max_price,"
-                    " platform, sort_by, sort_order, status, notify_enabled)"
-                    " VALUES (%s, %s, %s, %s, %s, 0, 0, 1, 0, 0, 'running', false)",
-                    rows[start : start + SPEC_CHUNK],
-                )
+        self.db.add_running_tasks(
+            [(1, "bench@example.com")], [(i, 1, KEYWORD, False) for i in ids], datetime.now()
+        )
 
     def worker_env(self, redis_url: str, crawler_addr: str, concurrency: int) -> dict[str, str]:
         assert self.db is not None

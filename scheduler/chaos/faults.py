@@ -255,7 +255,7 @@ def _request_of(fields: dict[bytes, bytes] | None) -> tuple[int | None, str | No
         task = int(data["task_id"])
     except (KeyError, ValueError, TypeError):
         return None, None
-    origin = data.get("origin") if isinstance(data, dict) else None
+    origin = data.get("origin")  # data is a dict: data["task_id"] above raised TypeError for anything else
     return task, origin if isinstance(origin, str) and origin else None
 
 

@@ -69,18 +69,15 @@ class GoodsHunterDb(PrivateDatabase):
         users = (tasks + per_user - 1) // per_user
         rows = [TaskRow(t, f"buyer{(t - 1) // per_user + 1}@example.com", t % muted_every != 0)
                 for t in range(1, tasks + 1)]  # fmt: skip
-        with self._lock, self.conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO users (id, email, password, role, created_at) VALUES (%s, %s, 'x', 'user', %s)",
-                [(u, f"buyer{u}@example.com", now) for u in range(1, users + 1)],
+        with self._lock:
+            self.add_running_tasks(
+                [(u, f"buyer{u}@example.com") for u in range(1, users + 1)],
+                [
+                    (r.task_id, (r.task_id - 1) // per_user + 1, f"chaos camera {r.task_id}", r.notify)
+                    for r in rows
+                ],
+                now,
             )
-            cur.executemany(
-                "INSERT INTO tasks (id, created_at, updated_at, user_id, keyword, min_price, max_price,"
-                " platform, sort_by, sort_order, status, notify_enabled)"
-                " VALUES (%s, %s, %s, %s, %s, 0, 0, 1, 0, 0, 'running', %s)",
-                [(r.task_id, now, now, (r.task_id - 1) // per_user + 1, f"chaos camera {r.task_id}", r.notify)
-                 for r in rows],
-            )  # fmt: skip
         return rows
 
     def last_recorded(self) -> dict[int, float]:

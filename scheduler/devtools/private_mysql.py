@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,25 @@ class PrivateDatabase:
         return pymysql.connect(host=t.host, port=t.port, user=t.user or None, password=t.password,
                                database=database, autocommit=True, charset="utf8mb4",
                                cursorclass=self._cursor)  # fmt: skip
+
+    def add_running_tasks(self, users: Sequence[tuple[int, str]], tasks: Sequence[tuple[int, int, str, bool]],
+                          now: datetime) -> None:  # fmt: skip
+        """Users ``(id, email)`` and running monitor tasks ``(id, user id, keyword, notify)`` with the ids
+        given, as GoodsHunter's API inserts them (Mercari, newest first, no price bounds)."""
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO users (id, email, password, role, created_at) VALUES (%s, %s, 'x', 'user', %s)",
+                [(user_id, email, now) for user_id, email in users],
+            )
+            cur.executemany(
+                "INSERT INTO tasks (id, created_at, updated_at, user_id, keyword, min_price, max_price,"
+                " platform, sort_by, sort_order, status, notify_enabled)"
+                " VALUES (%s, %s, %s, %s, %s, 0, 0, 1, 0, 0, 'running', %s)",
+                [
+                    (task_id, now, now, user_id, keyword, notify)
+                    for task_id, user_id, keyword, notify in tasks
+                ],
+            )
 
     @property
     def dsn(self) -> str:

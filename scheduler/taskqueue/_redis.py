@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import TypeVar
 
 import redis
@@ -27,15 +26,24 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@contextmanager
-def connection_errors(what: str) -> Iterator[None]:
-    """Turn redis-py's connection failures into the package's QueueConnectionError category."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise unavailable(what, exc) from exc
+class connection_errors:
+    """Turn redis-py's connection failures into the package's QueueConnectionError category.
 
+    A class, not ``@contextmanager``: it wraps every Redis call of the hot path (a submit's XADD, each
+    outcome's write), and a generator-based manager costs twice as much (0.83 vs 0.37 µs)."""
 
-def unavailable(what: str, exc: Exception) -> QueueConnectionError:
-    """The QueueConnectionError for redis-py's connection failure ``exc`` during ``what``."""
-    return QueueConnectionError(f"{what}: Redis unavailable ({type(exc).__name__}: {exc})")
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise QueueConnectionError(
+                f"{self.what}: Redis unavailable ({type(exc).__name__}: {exc})"
+            ) from exc

@@ -48,9 +48,7 @@ class TaskMessage:
     @classmethod
     def new(cls, task_id: int, action: Action, source: str = "") -> TaskMessage:
         check_task_id(task_id)
-        if action not in ACTIONS:
-            raise InvalidTaskError(f"action must be one of {ACTIONS}, got {action!r}")
-        return cls(task_id, action, datetime.now(UTC), 0, source or "unknown")
+        return cls(task_id, _check_action(action), datetime.now(UTC), 0, source or "unknown")
 
     def with_retry(self, retry: int) -> TaskMessage:
         return replace(self, retry=retry)
@@ -64,11 +62,8 @@ class TaskMessage:
         return entry_stamp(self.origin or entry_id)
 
     def encode(self) -> str:
-        # Key order and compact separators as Go's json.Marshal writes them.
-        return (
-            f'{{"task_id":{self.task_id},"action":"{self.action}",'
-            f'"timestamp":"{format_timestamp(self.timestamp)}","retry":{self.retry},'
-            f'"source":{_json_text(self.source)}' + (f',"origin":"{self.origin}"}}' if self.origin else "}")
+        return _encoded(
+            self.task_id, _after_id(self.action, self.timestamp, self.retry, self.source, self.origin)
         )
 
 
@@ -76,14 +71,26 @@ def encode_new(task_ids: Iterable[int], action: Action, source: str = "") -> lis
     """``[TaskMessage.new(i, action, source).encode() for i in task_ids]``, byte for byte, with one
     timestamp for the batch (they are made in the same instant) and the part after the id built once:
     a bulk submit's cost is then the XADDs, not the JSON. Every id is checked before any is encoded."""
+    tail = _after_id(_check_action(action), datetime.now(UTC), 0, source or "unknown", None)
+    return [_encoded(task_id, tail) for task_id in [check_task_id(task_id) for task_id in task_ids]]
+
+
+# The wire format, in one place: key order and compact separators as Go's json.Marshal writes them.
+def _encoded(task_id: int, after_id: str) -> str:
+    return f'{{"task_id":{task_id},{after_id}'
+
+
+def _after_id(action: str, timestamp: datetime, retry: int, source: str, origin: str | None) -> str:
+    return (
+        f'"action":"{action}","timestamp":"{format_timestamp(timestamp)}","retry":{retry},'
+        f'"source":{_json_text(source)}' + (f',"origin":"{origin}"}}' if origin else "}")
+    )
+
+
+def _check_action(action: object) -> Action:
     if action not in ACTIONS:
         raise InvalidTaskError(f"action must be one of {ACTIONS}, got {action!r}")
-    ids = [check_task_id(task_id) for task_id in task_ids]
-    tail = (
-        f'"action":"{action}","timestamp":"{format_timestamp(datetime.now(UTC))}","retry":0,'
-        f'"source":{_json_text(source or "unknown")}}}'
-    )
-    return [f'{{"task_id":{task_id},{tail}' for task_id in ids]
+    return action
 
 
 _JSON_TEXTS: dict[str, str] = {}  # source -> its JSON: a daemon sees a handful of sources, over and over

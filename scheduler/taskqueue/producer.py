@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import redis
 
 from scheduler.taskqueue import keys
-from scheduler.taskqueue._redis import bytes_client, connection_errors, text, unavailable
+from scheduler.taskqueue._redis import bytes_client, connection_errors, text
 from scheduler.taskqueue.message import TaskMessage, encode_new
 
 log = logging.getLogger(__name__)
@@ -33,27 +33,20 @@ class Producer:
 
     def submit_task(self, task_id: int, source: str = "unknown") -> str:
         """Enqueue an ``execute`` for task_id; returns the new entry id. task_id 0 is rejected."""
-        (payload,) = encode_new((task_id,), "execute", source)
-        return self._add(payload, task_id, "execute")
+        return self._add(encode_new((task_id,), "execute", source)[0], task_id, "execute")
 
     def stop_task(self, task_id: int, source: str = "system") -> str:
-        (payload,) = encode_new((task_id,), "stop", source)
-        return self._add(payload, task_id, "stop")
+        return self._add(encode_new((task_id,), "stop", source)[0], task_id, "stop")
 
     def publish(self, message: TaskMessage) -> str:
         return self._add(message.encode(), message.task_id, message.action)
 
     def _add(self, payload: str, task_id: int, action: str) -> str:
-        # The one round trip is the cost of a submit: nothing around it allocates more than it must (a
-        # try instead of a context manager, the debug line's fields built only when it is written).
-        try:
+        with connection_errors(
+            f"XADD {self.stream}"
+        ):  # the plain command: xadd()'s option checks are not needed
             entry_id = self.redis.execute_command("XADD", self.stream, "*", keys.DATA_FIELD, payload)  # type: ignore[no-untyped-call]
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise unavailable(f"XADD {self.stream}", exc) from exc
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug(
-                "task enqueued", extra={"task_id": task_id, "action": action, "entry_id": entry_id}
-            )
+        self.log.debug("task enqueued", extra={"task_id": task_id, "action": action, "entry_id": entry_id})
         return text(entry_id)
 
     def submit_many(
