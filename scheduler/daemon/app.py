@@ -20,7 +20,6 @@ import random
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from redis.backoff import NoBackoff
@@ -37,6 +36,7 @@ from scheduler.daemon.outcomes import Outcomes
 from scheduler.daemon.runner import TaskRunner
 from scheduler.daemon.slots import Slots
 from scheduler.daemon.timers import Job, TimerThread
+from scheduler.daemon.workers import WorkerPool
 from scheduler.errors import QueueConnectionError
 from scheduler.metrics import Metrics
 from scheduler.signals import Signals
@@ -133,7 +133,7 @@ class Daemon:
             self.metrics,
             lambda: self.slots.busy,
         )
-        self._executor: ThreadPoolExecutor | None = None
+        self._workers: WorkerPool | None = None
         self._timers: list[TimerThread] = []
         self._maintenance_timer: TimerThread | None = None
         self._control: threading.Thread | None = None
@@ -178,8 +178,8 @@ class Daemon:
                 self._http.stop()
             return
         self.crawler.start()
-        self._executor = ThreadPoolExecutor(s.worker_pool_size, thread_name_prefix="worker")
-        self.intake.executor = self._executor
+        self._workers = WorkerPool(s.worker_pool_size)
+        self.intake.workers = self._workers
         self.writer.start()
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
@@ -303,8 +303,8 @@ class Daemon:
             timer.join(min(1.0, left()))
         if self._control is not None:
             self._control.join(min(1.0, left()))
-        if self._executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._workers:
+            self._workers.shutdown()
         if self._http is not None:
             self._http.stop(min(1.0, left()))
         self.health.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
@@ -26,6 +25,7 @@ from scheduler.daemon.outcomes import LeavePending, Outcome, Outcomes
 from scheduler.daemon.routing import route
 from scheduler.daemon.runner import TaskRunner
 from scheduler.daemon.slots import Slots
+from scheduler.daemon.workers import WorkerPool
 from scheduler.errors import QueueConnectionError
 from scheduler.metrics import Metrics
 from scheduler.taskqueue import Consumer, StreamMessage
@@ -65,7 +65,7 @@ class Intake:
         self.breaker = breaker
         self.metrics = metrics
         self._stopping = stopping
-        self.executor: ThreadPoolExecutor | None = None  # set by the daemon's start()
+        self.workers: WorkerPool | None = None  # set by the daemon's start()
         self.batch: list[StreamMessage] = []  # read, slots reserved, not yet started
         # A read, reclaim or batch whose reply was lost or dropped may have left entries in this consumer's
         # pending list that no thread holds: take them up before reading on.
@@ -222,7 +222,7 @@ class Intake:
     ) -> None:
         """Hand each message on: to a worker (a crawl or a stop), or straight to the writer (skips and
         duplicates). No Redis call here, so nothing can fail half-way through a batch."""
-        assert self.executor is not None
+        assert self.workers is not None
         for msg in messages:
             spec = specs.get(msg.message.task_id)
             outcome = route(msg, spec, verdicts.get(msg.id), self.registry.owns_status)
@@ -240,7 +240,7 @@ class Intake:
                 log.warning("run lock of task %d named no live run: taken over", msg.message.task_id)
             self.metrics.workers_busy.inc()
             try:
-                self.executor.submit(self._work, running, spec)
+                self.workers.submit(self._work, running, spec)
             except RuntimeError:  # the pool is shut down: left pending for a restart
                 self.metrics.workers_busy.dec()
                 self.slots.give()
