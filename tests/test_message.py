@@ -50,6 +50,27 @@ def test_timestamps_go_writes(text: str, expected: datetime) -> None:
     assert parse_timestamp(text) == expected
 
 
+@settings(max_examples=300)
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)))
+def test_our_own_stamps_parse_as_the_general_parser_reads_them(moment: datetime) -> None:
+    own = format_timestamp(moment)  # the shape the quick path takes: ...SS.ffffffZ
+    general = own[:-1] + "+00:00"  # the same instant, only the general parser reads it
+    parsed = parse_timestamp(own)
+    assert parsed == parse_timestamp(general) == moment
+    assert parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2016-12-31T23:59:60.500000Z", datetime(2016, 12, 31, 23, 59, 59, 500000, tzinfo=UTC)),
+        ("2025-12-20t03:03:55.123456z", datetime(2025, 12, 20, 3, 3, 55, 123456, tzinfo=UTC)),
+    ],
+)
+def test_stamps_the_quick_path_declines_still_parse(text: str, expected: datetime) -> None:
+    assert parse_timestamp(text) == expected
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -57,6 +78,9 @@ def test_timestamps_go_writes(text: str, expected: datetime) -> None:
         "2025-12-20T03:03:55",
         "2025-13-20T03:03:55Z",
         "2025-12-20T03:03:55.1234567890Z",
+        "2025-02-30T03:03:55.123456Z",  # the quick path's shape, not a date
+        "2025-W51-6T03:03:55.123456Z",  # ISO week dates: datetime.fromisoformat reads them, RFC 3339 not
+        "２０２５-12-20T03:03:55.123456Z",  # digits, but not ASCII ones
     ],
 )
 def test_bad_timestamps(text: str) -> None:

@@ -28,9 +28,12 @@ MAX_DEPTH: Final = 32  # a valid message is depth 1; anything deeper is rejected
 MAX_SOURCE_LEN: Final = 256
 _MAX_INT_DIGITS: Final = 20  # 2**64 has 20 digits: longer literals are rejected unparsed
 
-_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}", re.ASCII)
+# what we (and Go, with microseconds) write for a UTC stamp: datetime's own parser takes it 6× quicker
+_OWN_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # Go's parser takes ASCII digits only; \d alone also matches "２０２５"
 )
 
 
@@ -141,6 +144,11 @@ def format_timestamp(ts: datetime) -> str:
 
 def parse_timestamp(text: str) -> datetime:
     """RFC 3339 with 0 to 9 fractional digits and any offset; nanoseconds are truncated to microseconds."""
+    if _OWN_STAMP.fullmatch(text):
+        try:
+            return datetime.fromisoformat(text)  # tzinfo is UTC itself (datetime.UTC is timezone.utc)
+        except ValueError:
+            pass  # day 31 of a short month, second 60...: the general parser says what is wrong
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError("not RFC 3339")
@@ -232,6 +240,11 @@ def _int_field(obj: dict[str, Any], key: str, low: int, high: int) -> int:
     return value
 
 
+# built once, not per call as json.loads(text, parse_int=...) does (1 µs of a 7 µs decode); its C scanner
+# is safe to share between threads
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+
+
 def decode(raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_ENTRY_BYTES) -> TaskMessage:
     """Decode a ``data`` field; raise InvalidMessageError (and only that) when it is not a valid message."""
     text = _text_of(raw, max_bytes)
@@ -239,9 +252,7 @@ def decode(raw: bytes | str | None, max_bytes: int = DEFAULT_MAX_ENTRY_BYTES) ->
     if text.count("[") + text.count("{") > MAX_DEPTH and _nesting_depth(text) > MAX_DEPTH:
         raise InvalidMessageError("too_deep", f"nesting deeper than {MAX_DEPTH}")
     try:
-        obj = json.loads(
-            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant
-        )
+        obj = _DECODER.decode(text)
     except InvalidMessageError:
         raise
     except (ValueError, RecursionError) as exc:
