@@ -9,8 +9,11 @@ import time
 import pytest
 import redis
 
+from scheduler.config.load import load_settings
 from scheduler.taskqueue import Consumer, Producer, keys
 from scheduler.taskqueue.endings import NOT_HELD, Ender, Limits, acked, dead_lettered, retried, succeeded
+from scheduler.taskqueue.message import entry_stamp
+from scheduler.tasks.lifecycle import Lifecycle, RunRequest
 
 S, G = keys.DEFAULT_STREAM, keys.DEFAULT_GROUP
 
@@ -146,3 +149,59 @@ def test_the_sweep_deletes_only_locks_that_name_no_live_run(r: redis.Redis) -> N
     assert life.sweep_locks() == (0, 2)  # 13 (its entry gone) and 16 (names nothing)
     left = {t for t in (12, 13, 14, 15, 16) if r.get(keys.run_lock_key(S, t))}
     assert left == {12, 14, 15}
+
+
+def test_a_batch_checks_holding_exactly_past_one_xpending_page(r: redis.Redis) -> None:
+    """The scripts ask which entries this consumer holds in one XPENDING over the batch's id range; a
+    range with more of its entries than a page holds is still answered entry by entry, exactly."""
+    consumer, ids = read_all(r, "c", list(range(1, 101)))
+    other = Consumer(r, None, S, G, "other")
+    r.xclaim(S, G, "other", 0, [ids[50]])  # in the middle of the range, held by someone else
+    # first and last of 100 entries pending to "c": the first page (2 * 3 + 32 entries) ends far before
+    # the last one, which is then asked alone
+    answers = consumer.ender.end([acked(ids[0], 1), acked(ids[50], 51), acked(ids[99], 100)])
+    assert answers == ["ack", NOT_HELD, "ack"]
+    assert other.ender.end([acked(ids[50], 51)]) == ["ack"]
+    assert r.xpending(S, G)["pending"] == 97
+    life_requests = [RunRequest(t, ids[t - 1], entry_stamp(ids[t - 1]), 0, False) for t in (2, 51, 99)]
+    lifecycle = Lifecycle(load_settings(env={}), r)
+    assert lifecycle.verdicts(lifecycle.lock_runs(life_requests, "c"))[1] == ["run", "gone", "run"]
+
+
+def test_the_same_entry_twice_in_one_call_is_ended_once(r: redis.Redis) -> None:
+    consumer, [entry] = read_all(r, "c", [5])
+    assert consumer.ender.end([ok(entry, 5, ["a"]), ok(entry, 5, ["a"])]) == ["ok:1", "ok:1"]  # type: ignore[list-item]
+    assert r.xlen(keys.results_stream(S)) == 1
+
+
+def test_the_message_key_follows_the_status(any_r: redis.Redis) -> None:
+    """A message is written beside 'failed' and 'no_items' only, and deleted by the next success; a
+    status key holding another type (written by something else) is still overwritten."""
+    r = any_r
+    status, message = keys.crawl_status_key(3), keys.crawl_message_key(3)
+
+    consumer = Consumer(r, None, S, G, "c")
+    consumer.ensure_group()
+
+    def end(outcome: object) -> None:
+        Producer(r).submit_task(3)
+        [msg] = consumer.read(1, block_ms=100)
+        consumer.ender.end([outcome(msg.id)])  # type: ignore[operator]
+
+    end(lambda e: ok(e, 3, ["a"]))
+    assert r.get(status) == b"success" and r.get(message) is None
+    end(lambda e: retried(e, 3, '{"task_id":3,"action":"execute","retry":1}', 60_000, "UNAVAILABLE: down"))
+    assert r.get(status) == b"failed" and r.get(message) == b"UNAVAILABLE: down"
+    end(lambda e: ok(e, 3, []))
+    assert r.get(status) == b"success" and r.get(message) is None
+    end(lambda e: succeeded(e, 3, status="no_items", total_found=0, crawled_at="t", items_json="[]",
+                            started_ms=5, source_ids=[]))  # fmt: skip
+    assert r.get(status) == b"no_items" and r.get(message) == b"no_items"
+    end(lambda e: ok(e, 3, ["b"]))
+    assert r.get(status) == b"success" and r.get(message) is None
+    r.delete(status)
+    r.rpush(status, "not a string")
+    r.set(message, "stale")
+    end(lambda e: ok(e, 3, ["c"]))
+    assert r.get(status) == b"success" and r.get(message) is None
+    assert r.ttl(status) > 0

@@ -80,7 +80,7 @@ def test_stamps_the_quick_path_declines_still_parse(text: str, expected: datetim
         "2025-12-20T03:03:55.1234567890Z",
         "2025-02-30T03:03:55.123456Z",  # the quick path's shape, not a date
         "2025-W51-6T03:03:55.123456Z",  # ISO week dates: datetime.fromisoformat reads them, RFC 3339 not
-        "２０２５-12-20T03:03:55.123456Z",  # digits, but not ASCII ones
+        "\uff12\uff10\uff12\uff15-12-20T03:03:55.123456Z",  # fullwidth digits: digits, not ASCII ones
     ],
 )
 def test_bad_timestamps(text: str) -> None:

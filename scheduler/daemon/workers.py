@@ -17,7 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_STOP: Any = None  # a worker that takes it ends
+_STOP = None  # a worker that takes it ends
 
 
 class WorkerPool:
@@ -67,7 +67,7 @@ class WorkerPool:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:  # _STOP
                 return
             fn, args = item
             try:

@@ -18,6 +18,11 @@
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local status_ttl = ARGV[6]
 local out = {}
+local now  -- Redis time in ms, read once per call (at most: a batch of plain acks never needs it)
+local function clock()
+  if not now then now = now_ms() end
+  return now
+end
 
 local function release(lock, entry)
   if redis.call('GET', lock) == entry then
@@ -25,10 +30,16 @@ local function release(lock, entry)
   end
 end
 
+-- The message key is written only beside 'failed' and 'no_items': after no status or 'success' there is
+-- none to delete (SET ... GET, Redis 6.2; anything else, or a key of another type, takes the long way).
 local function set_status(k, status, message)
-  redis.call('SET', KEYS[k + 1], status, 'EX', status_ttl)
+  local old = redis.pcall('SET', KEYS[k + 1], status, 'EX', status_ttl, 'GET')
+  if type(old) == 'table' and old.err then
+    redis.call('SET', KEYS[k + 1], status, 'EX', status_ttl)
+    old = 'unknown'
+  end
   if message == '' then
-    redis.call('DEL', KEYS[k + 2])
+    if old and old ~= 'success' then redis.call('DEL', KEYS[k + 2]) end
   else
     redis.call('SET', KEYS[k + 2], message, 'EX', status_ttl)
   end
@@ -37,7 +48,7 @@ end
 local function succeed(k, entry, task, a, n)
   local status, total, crawled, items, started = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local first, last = a + 5, a + n - 1
-  local seen, now = KEYS[k + 3], now_ms()
+  local seen, now = KEYS[k + 3], clock()
   local new = {}
   for i = first, last, 500 do  -- in chunks: unpack() is bounded by the Lua stack
     local j = math.min(i + 499, last)
@@ -53,8 +64,9 @@ local function succeed(k, entry, task, a, n)
     redis.call(unpack(args))
   end
   if last >= first then
-    -- bounded: the items seen most recently are kept, the rest forgotten oldest first
-    redis.call('ZREMRANGEBYRANK', seen, 0, -tonumber(ARGV[8]) - 1)
+    if #new > 0 then  -- bounded: the items seen most recently are kept, the rest forgotten oldest first
+      redis.call('ZREMRANGEBYRANK', seen, 0, -tonumber(ARGV[8]) - 1)
+    end
     redis.call('PEXPIRE', seen, ARGV[4])
   end
   local new_json = '[]'
@@ -73,7 +85,7 @@ local function retry(k, entry, a)
   if delay <= 0 then
     handed = redis.call('XADD', stream, '*', 'data', payload)
   else
-    local due = now_ms() + delay
+    local due = clock() + delay
     -- the entry id keeps members unique, so two identical payloads never collapse into one
     redis.call('ZADD', KEYS[4], due, entry .. '|' .. payload)
     handed = 'retry:' .. entry .. ':' .. string.format('%d', due)
@@ -96,13 +108,21 @@ local function dead(k, entry, a)
   return 'dead'
 end
 
-local a, k = 11, 6
+local entries, a = {}, 11
+while a <= #ARGV do
+  entries[#entries + 1] = ARGV[a + 1]
+  a = a + 4 + tonumber(ARGV[a + 3])
+end
+local held = pending_to_me(stream, group, consumer, entries)
+
+local k
+a, k = 11, 6
 while a <= #ARGV do
   local kind, entry, task, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local first = a + 4
   local receipt = ARGV[9] .. entry
   local answer
-  if pending_to(stream, group, entry) ~= consumer then
+  if not held[entry] then
     local earlier = redis.call('GET', receipt)
     if earlier and string.sub(earlier, 1, #consumer + 1) == consumer .. '|' then
       answer = string.sub(earlier, #consumer + 2)
@@ -127,6 +147,7 @@ while a <= #ARGV do
     end
     redis.call('SET', receipt, consumer .. '|' .. answer, 'PX', ARGV[3])
     redis.call('XACK', stream, group, entry)
+    held[entry] = nil  -- the same entry again in this call is answered from its receipt
   end
   out[#out + 1] = answer
   a, k = first + n, k + 4

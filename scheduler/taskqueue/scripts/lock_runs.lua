@@ -26,12 +26,15 @@ local function started_before(owner, made)
   return tonumber(p[1][3]) < lease_ms
 end
 local out = {now_ms()}
+local entries = {}
+for i = 5, #KEYS do entries[#entries + 1] = ARGV[(i - 5) * 5 + 5] end
+local held = pending_to_me(stream, group, consumer, entries)
 for i = 5, #KEYS do
   local a = (i - 5) * 5 + 5
   local entry, task, made, retry = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local made_ms = math.floor(made / 1000)
   local verdict
-  if pending_to(stream, group, entry) ~= consumer then
+  if not held[entry] then
     verdict = 'gone'
   else
     if ARGV[a + 4] == '1' and made > (tonumber(redis.call('HGET', KEYS[4], task)) or 0) then

@@ -31,6 +31,31 @@ local function pending_to(stream, group, entry)
   return p[1][2]
 end
 
+-- Which of these entries are pending to this consumer: a set (entry id -> true), exact, in one XPENDING
+-- over the batch's id range instead of one per entry (more only when the range holds many more of this
+-- consumer's entries than the batch: those past the first page are asked one by one).
+local function pending_to_me(stream, group, consumer, ids)
+  local held, lo, hi = {}, nil, nil
+  for _, id in ipairs(ids) do
+    if id_parts(id) then  -- anything else is no entry id: it cannot be pending
+      if not lo or id_before(id, lo) then lo = id end
+      if not hi or id_before(hi, id) then hi = id end
+    end
+  end
+  if not lo then return held end
+  local page = #ids * 2 + 32
+  local p = redis.pcall('XPENDING', stream, group, lo, hi, page, consumer)
+  if type(p) ~= 'table' or p.err then return held end  -- no stream or no group: nothing is pending
+  for _, e in ipairs(p) do held[e[1]] = true end
+  if #p == page then  -- a full page: the entries after its last one are asked one by one
+    local last = p[#p][1]
+    for _, id in ipairs(ids) do
+      if id_before(last, id) and pending_to(stream, group, id) == consumer then held[id] = true end
+    end
+  end
+  return held
+end
+
 -- Added to the stream and not yet delivered to the group (with no group yet, everything is undelivered:
 -- the daemons create it from the start of the stream).
 local function queued(stream, group, entry)
