@@ -32,13 +32,19 @@ def test_every_call_runs_once_on_a_pool_thread() -> None:
 
 
 def test_a_failing_call_keeps_its_worker() -> None:
+    """Even SystemExit (a library calling sys.exit()): a worker that ended would leave its share of the
+    entries waiting, held, for ever (the slots still count it)."""
     pool = WorkerPool(1)
     ran = threading.Event()
 
     def boom() -> None:
         raise ValueError("bug")
 
+    def leave() -> None:
+        raise SystemExit(3)
+
     pool.submit(boom)
+    pool.submit(leave)
     pool.submit(ran.set)
     assert ran.wait(5)  # the only worker survived the first call
     pool.shutdown()

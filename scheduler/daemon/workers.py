@@ -72,6 +72,9 @@ class WorkerPool:
             fn, args = item
             try:
                 fn(*args)
-            except Exception:  # the callers handle their own errors: this only keeps the worker alive
+            except BaseException:
+                # the callers handle their own errors; a worker that ended here (SystemExit from a
+                # library, say) would shrink the pool for good while the slots still count it: its
+                # share of the entries would wait, held, for ever
                 log.exception("worker call failed")
             del item, fn, args  # nothing of a finished call stays referenced while the worker waits

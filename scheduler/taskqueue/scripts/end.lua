@@ -30,16 +30,10 @@ local function release(lock, entry)
   end
 end
 
--- The message key is written only beside 'failed' and 'no_items': after no status or 'success' there is
--- none to delete (SET ... GET, Redis 6.2; anything else, or a key of another type, takes the long way).
 local function set_status(k, status, message)
-  local old = redis.pcall('SET', KEYS[k + 1], status, 'EX', status_ttl, 'GET')
-  if type(old) == 'table' and old.err then
-    redis.call('SET', KEYS[k + 1], status, 'EX', status_ttl)
-    old = 'unknown'
-  end
+  redis.call('SET', KEYS[k + 1], status, 'EX', status_ttl)
   if message == '' then
-    if old and old ~= 'success' then redis.call('DEL', KEYS[k + 2]) end
+    redis.call('DEL', KEYS[k + 2])  -- always: a Go scheduler sharing the keys writes them apart
   else
     redis.call('SET', KEYS[k + 2], message, 'EX', status_ttl)
   end
@@ -64,7 +58,9 @@ local function succeed(k, entry, task, a, n)
     redis.call(unpack(args))
   end
   if last >= first then
-    if #new > 0 then  -- bounded: the items seen most recently are kept, the rest forgotten oldest first
+    -- bounded: the items seen most recently are kept, the rest forgotten oldest first (only a crawl
+    -- that added items can pass the bound; a lowered bound applies from the next one that does)
+    if #new > 0 then
       redis.call('ZREMRANGEBYRANK', seen, 0, -tonumber(ARGV[8]) - 1)
     end
     redis.call('PEXPIRE', seen, ARGV[4])

@@ -11,17 +11,30 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+-- An entry id's two parts as decimal strings without leading zeros (nil, nil: not an entry id that Redis
+-- would take, 64-bit parts at most). Compared as strings: Lua's doubles lose digits past 2^53.
 local function id_parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+  if not ms then return nil, nil end
+  ms, seq = string.match(ms, '^0*(%d-%d)$'), string.match(seq, '^0*(%d-%d)$')
+  if #ms > 20 or #seq > 20 or (#ms == 20 and ms > '18446744073709551615')
+      or (#seq == 20 and seq > '18446744073709551615') then
+    return nil, nil
+  end
+  return ms, seq
+end
+
+local function part_before(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
 end
 
 local function id_before(a, b)
   local ams, aseq = id_parts(a)
   local bms, bseq = id_parts(b)
   if not ams or not bms then return false end
-  if ams ~= bms then return ams < bms end
-  return aseq < bseq
+  if ams ~= bms then return part_before(ams, bms) end
+  return part_before(aseq, bseq)
 end
 
 -- The consumer an entry is pending to, or nil (acknowledged, never delivered, gone, or no group).
@@ -45,7 +58,12 @@ local function pending_to_me(stream, group, consumer, ids)
   if not lo then return held end
   local page = #ids * 2 + 32
   local p = redis.pcall('XPENDING', stream, group, lo, hi, page, consumer)
-  if type(p) ~= 'table' or p.err then return held end  -- no stream or no group: nothing is pending
+  if type(p) ~= 'table' or p.err then  -- no stream or no group (nothing is pending), or a bound refused
+    for _, id in ipairs(ids) do
+      if pending_to(stream, group, id) == consumer then held[id] = true end
+    end
+    return held
+  end
   for _, e in ipairs(p) do held[e[1]] = true end
   if #p == page then  -- a full page: the entries after its last one are asked one by one
     local last = p[#p][1]
