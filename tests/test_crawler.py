@@ -272,7 +272,7 @@ def test_a_late_cancel_of_a_finished_call_never_ends_the_next_call_on_that_threa
 
     def slow_cancel(token: CancelToken) -> None:
         with token._lock:
-            token._event.set()
+            token._cancelled = True
             callbacks, token._callbacks = token._callbacks, []
         taken.set()
         release.wait(5)
@@ -302,3 +302,17 @@ def test_a_closed_client_opens_no_channel_for_a_thread_that_calls_after(
     with pytest.raises(RuntimeError):
         client.fetch(request("switch"))
     assert len(crawler_stub.calls) == 1
+
+
+def test_cancel_token_wait_never_misses_a_cancel() -> None:
+    """The Event a wait sleeps on is made by that wait: a cancel just before, during or racing it wakes it."""
+    assert CancelToken().wait(0.01) is False
+    done = CancelToken()
+    done.cancel()
+    assert done.wait(5) is True  # at once, no Event made
+    for _ in range(200):
+        token = CancelToken()
+        threading.Thread(target=token.cancel).start()
+        started = time.monotonic()
+        assert token.wait(5) is True
+        assert time.monotonic() - started < 1.0
