@@ -16,7 +16,8 @@ end
 local function id_parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   if not ms then return nil, nil end
-  ms, seq = string.match(ms, '^0*(%d-%d)$'), string.match(seq, '^0*(%d-%d)$')
+  if #ms > 1 and string.byte(ms) == 48 then ms = string.match(ms, '^0*(%d+)$') end  -- '0': no zeros
+  if #seq > 1 and string.byte(seq) == 48 then seq = string.match(seq, '^0*(%d+)$') end  -- to strip
   if #ms > 20 or #seq > 20 or (#ms == 20 and ms > '18446744073709551615')
       or (#seq == 20 and seq > '18446744073709551615') then
     return nil, nil
