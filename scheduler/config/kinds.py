@@ -233,7 +233,7 @@ class RedisUrl(Kind):
             return "is not a valid Redis URL (characters that normalise to '/', '?', '#' or '@')"
         try:
             port = parts.port
-            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+            redis.connection.parse_url(url)  # type: ignore[no-untyped-call, unused-ignore]
         except ValueError as exc:
             return f"is not a valid Redis URL ({redact(str(exc))})"
         if parts.scheme == "unix":

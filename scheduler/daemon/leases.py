@@ -154,7 +154,7 @@ class Leases:
         channel = keys.control_channel(self.consumer.stream)
         failures = 0
         while not halt.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
             try:
                 pubsub.subscribe(channel)
                 failures = 0

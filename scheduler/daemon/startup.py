@@ -169,7 +169,7 @@ def release_unclaimed(client: redis.Redis, key: str) -> None:
 def _delete_if(client: redis.Redis, key: str, mine: Callable[[dict[str, object]], bool]) -> None:
     try:
         with client.pipeline(transaction=True) as pipe:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
+            pipe.watch(key)  # type: ignore[no-untyped-call, unused-ignore]
             beat = parse_heartbeat(pipe.get(key))
             if beat and mine(beat):
                 pipe.multi()
@@ -283,7 +283,7 @@ def _replace(client: redis.Redis, key: str, old: bytes | str, payload: str, ttl:
     """SET key payload, only if it still holds ``old`` (False: it changed, judge again)."""
     try:
         with client.pipeline(transaction=True) as pipe:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
+            pipe.watch(key)  # type: ignore[no-untyped-call, unused-ignore]
             if pipe.get(key) != old:
                 return False
             pipe.multi()

@@ -45,7 +45,7 @@ class Producer:
         with connection_errors(
             f"XADD {self.stream}"
         ):  # the plain command: xadd()'s option checks are not needed
-            entry_id = self.redis.execute_command("XADD", self.stream, "*", keys.DATA_FIELD, payload)  # type: ignore[no-untyped-call]
+            entry_id = self.redis.execute_command("XADD", self.stream, "*", keys.DATA_FIELD, payload)  # type: ignore[no-untyped-call, unused-ignore]
         self.log.debug("task enqueued", extra={"task_id": task_id, "action": action, "entry_id": entry_id})
         return text(entry_id)
 
@@ -60,5 +60,5 @@ class Producer:
             pipe = self.redis.pipeline(transaction=False)
             command, stream, field = pipe.execute_command, self.stream, keys.DATA_FIELD
             for payload in payloads:  # what pipe.xadd sends, without its option checks
-                command("XADD", stream, "*", field, payload)  # type: ignore[no-untyped-call]
+                command("XADD", stream, "*", field, payload)  # type: ignore[no-untyped-call, unused-ignore]
             return [text(entry_id) for entry_id in pipe.execute()]

@@ -77,7 +77,7 @@ class Scripts:
             self.load()
             for i in missing:
                 try:
-                    replies[i] = self.client.execute_command(*commands[i])  # type: ignore[no-untyped-call]
+                    replies[i] = self.client.execute_command(*commands[i])  # type: ignore[no-untyped-call, unused-ignore]
                 except redis.ResponseError as exc:
                     replies[i] = exc
         if raise_on_error:
