@@ -175,8 +175,8 @@ def test_the_same_entry_twice_in_one_call_is_ended_once(r: redis.Redis) -> None:
 
 
 def test_the_message_key_follows_the_status(any_r: redis.Redis) -> None:
-    """A message is written beside 'failed' and 'no_items' only, and deleted by the next success; a
-    status key holding another type (written by something else) is still overwritten."""
+    """A message is written beside 'failed' and 'no_items' only, and deleted by every success: also one
+    written apart (a Go scheduler sharing the keys) beside 'success', or left with no status at all."""
     r = any_r
     status, message = keys.crawl_status_key(3), keys.crawl_message_key(3)
 

@@ -17,8 +17,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_STOP = None  # a worker that takes it ends
-
 
 class WorkerPool:
     def __init__(self, size: int, name: str = "worker") -> None:
@@ -57,7 +55,7 @@ class WorkerPool:
                     break
                 dropped += 1
             for _ in self._threads:
-                self._queue.put(_STOP)
+                self._queue.put(None)  # the stop mark: a worker that takes it ends
         return dropped
 
     def join(self, timeout: float | None = None) -> None:
@@ -67,7 +65,7 @@ class WorkerPool:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:  # _STOP
+            if item is None:
                 return
             fn, args = item
             try:

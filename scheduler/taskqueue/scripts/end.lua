@@ -42,17 +42,17 @@ end
 local function succeed(k, entry, task, a, n)
   local status, total, crawled, items, started = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local first, last = a + 5, a + n - 1
-  local seen, now = KEYS[k + 3], clock()
+  local seen = KEYS[k + 3]
   local new = {}
   for i = first, last, 500 do  -- in chunks: unpack() is bounded by the Lua stack
-    local j = math.min(i + 499, last)
+    local j, at = math.min(i + 499, last), clock()  -- Redis time only when there are items to stamp
     local scores = redis.call('ZMSCORE', seen, unpack(ARGV, i, j))
     for x = 1, j - i + 1 do
       if not scores[x] then new[#new + 1] = ARGV[i + x - 1] end
     end
     local args = {'ZADD', seen}
     for x = i, j do
-      args[#args + 1] = now
+      args[#args + 1] = at
       args[#args + 1] = ARGV[x]
     end
     redis.call(unpack(args))

@@ -13,13 +13,14 @@ end
 
 -- An entry id's two parts as decimal strings without leading zeros (nil, nil: not an entry id that Redis
 -- would take, 64-bit parts at most). Compared as strings: Lua's doubles lose digits past 2^53.
+local U64_MAX = '18446744073709551615'
 local function id_parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   if not ms then return nil, nil end
-  if #ms > 1 and string.byte(ms) == 48 then ms = string.match(ms, '^0*(%d+)$') end  -- '0': no zeros
-  if #seq > 1 and string.byte(seq) == 48 then seq = string.match(seq, '^0*(%d+)$') end  -- to strip
-  if #ms > 20 or #seq > 20 or (#ms == 20 and ms > '18446744073709551615')
-      or (#seq == 20 and seq > '18446744073709551615') then
+  -- Redis writes no leading zeros: the strip runs only where there are some ('0' itself keeps its zero)
+  if #ms > 1 and string.byte(ms) == 48 then ms = string.match(ms, '^0*(%d+)$') end
+  if #seq > 1 and string.byte(seq) == 48 then seq = string.match(seq, '^0*(%d+)$') end
+  if #ms > 20 or #seq > 20 or (#ms == 20 and ms > U64_MAX) or (#seq == 20 and seq > U64_MAX) then
     return nil, nil
   end
   return ms, seq
@@ -30,12 +31,17 @@ local function part_before(a, b)
   return a < b
 end
 
+-- (ams, aseq) before (bms, bseq): parts as id_parts returns them
+local function parts_before(ams, aseq, bms, bseq)
+  if ams ~= bms then return part_before(ams, bms) end
+  return part_before(aseq, bseq)
+end
+
 local function id_before(a, b)
   local ams, aseq = id_parts(a)
   local bms, bseq = id_parts(b)
   if not ams or not bms then return false end
-  if ams ~= bms then return part_before(ams, bms) end
-  return part_before(aseq, bseq)
+  return parts_before(ams, aseq, bms, bseq)
 end
 
 -- The consumer an entry is pending to, or nil (acknowledged, never delivered, gone, or no group).
@@ -46,30 +52,34 @@ local function pending_to(stream, group, entry)
 end
 
 -- Which of these entries are pending to this consumer: a set (entry id -> true), exact, in one XPENDING
--- over the batch's id range instead of one per entry (more only when the range holds many more of this
--- consumer's entries than the batch: those past the first page are asked one by one).
+-- over the batch's id range instead of one per entry. Asked one by one: the entries past a full page
+-- (the range holds many more of this consumer's entries than the batch), or all of them when XPENDING
+-- refused the range (no stream, no group, a bound Redis rejects).
 local function pending_to_me(stream, group, consumer, ids)
-  local held, lo, hi = {}, nil, nil
+  local held, parsed, lo, hi = {}, {}, nil, nil
   for _, id in ipairs(ids) do
-    if id_parts(id) then  -- anything else is no entry id: it cannot be pending
-      if not lo or id_before(id, lo) then lo = id end
-      if not hi or id_before(hi, id) then hi = id end
+    local ms, seq = id_parts(id)
+    if ms then  -- anything else is no entry id: it cannot be pending
+      local e = {id, ms, seq}
+      parsed[#parsed + 1] = e
+      if not lo or parts_before(ms, seq, lo[2], lo[3]) then lo = e end
+      if not hi or parts_before(hi[2], hi[3], ms, seq) then hi = e end
     end
   end
   if not lo then return held end
   local page = #ids * 2 + 32
-  local p = redis.pcall('XPENDING', stream, group, lo, hi, page, consumer)
-  if type(p) ~= 'table' or p.err then  -- no stream or no group (nothing is pending), or a bound refused
-    for _, id in ipairs(ids) do
-      if pending_to(stream, group, id) == consumer then held[id] = true end
-    end
-    return held
+  local p = redis.pcall('XPENDING', stream, group, lo[1], hi[1], page, consumer)
+  local refused = type(p) ~= 'table' or p.err
+  local last_ms, last_seq  -- the full page's last entry: the ones after it are not in the reply
+  if not refused then
+    for _, e in ipairs(p) do held[e[1]] = true end
+    if #p < page then return held end
+    last_ms, last_seq = id_parts(p[#p][1])
   end
-  for _, e in ipairs(p) do held[e[1]] = true end
-  if #p == page then  -- a full page: the entries after its last one are asked one by one
-    local last = p[#p][1]
-    for _, id in ipairs(ids) do
-      if id_before(last, id) and pending_to(stream, group, id) == consumer then held[id] = true end
+  for _, e in ipairs(parsed) do
+    if (refused or parts_before(last_ms, last_seq, e[2], e[3]))
+        and pending_to(stream, group, e[1]) == consumer then
+      held[e[1]] = true
     end
   end
   return held
