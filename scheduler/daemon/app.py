@@ -131,9 +131,10 @@ class Daemon:
             self.crawler,
             self.breaker,
             self.metrics,
-            lambda: self.slots.busy,
+            lambda: min(self.slots.busy, s.worker_pool_size),  # entries read ahead wait, not work
         )
         self._workers: WorkerPool | None = None
+        self._stops: WorkerPool | None = None
         self._timers: list[TimerThread] = []
         self._maintenance_timer: TimerThread | None = None
         self._control: threading.Thread | None = None
@@ -179,7 +180,8 @@ class Daemon:
             return
         self.crawler.start()
         self._workers = WorkerPool(s.worker_pool_size)
-        self.intake.workers = self._workers
+        self._stops = WorkerPool(1, name="stops")
+        self.intake.workers, self.intake.stops = self._workers, self._stops
         self.writer.start()
         self.metrics.workers.set(s.worker_pool_size)
         self.metrics.set_circuit(self.breaker.state)
@@ -272,39 +274,20 @@ class Daemon:
         """One deadline for everything: the drain until ``shutdown_grace``, then every closing step shares
         the AFTER_GRACE_S that follow (no fixed waits that add up), so the process is gone by grace + 5 s
         even with Redis unreachable. The manifests' termination grace periods are derived from this."""
-        self._stopping.set()
-        self.intake.start_batch_in_hand()
-        grace = self.settings.shutdown_grace
-        if self.slots.busy:
-            log.info("draining %d in-flight tasks (grace %.0fs)", self.slots.busy, grace)
-        deadline = time.monotonic() + grace
-        end = deadline + AFTER_GRACE_S
+        end = self._drain()
 
         def left() -> float:
             return max(0.0, end - time.monotonic())
 
-        while self.slots.busy or self.leases:  # crawls running, or outcomes not yet written
-            if self.slots.busy:
-                self.slots.wait_idle(0.2)
-            else:
-                time.sleep(0.01)
-            if not (self.slots.busy or self.leases):
-                break
-            if self._forced.is_set() or time.monotonic() >= deadline:
-                self._forced.set()  # writes stop retrying too: nothing may outlast the grace period
-                end = min(end, time.monotonic() + AFTER_GRACE_S)
-                left_pending = self.leases.cancel_all("shutdown")
-                log.warning("grace period over: %d crawls cancelled and left pending", left_pending)
-                self.slots.wait_idle(min(2.0, left()))
-                break
         self.writer.close(min(2.0, left()))
         self._halt.set()
         for timer in self._timers:
             timer.join(min(1.0, left()))
         if self._control is not None:
             self._control.join(min(1.0, left()))
-        if self._workers:
-            self._workers.shutdown()
+        for pool in (self._workers, self._stops):
+            if pool:
+                pool.shutdown()
         if self._http is not None:
             self._http.stop(min(1.0, left()))
         self.health.close()
@@ -315,6 +298,35 @@ class Daemon:
             self.maintenance.clear_heartbeat()  # best effort: it expires by itself
         self.redis.close()
         log.info("daemon stopped", extra={"consumer": self.settings.consumer_name})
+
+    def _drain(self) -> float:
+        """Stop reading; wait for the crawls in flight and their outcomes until ``shutdown_grace`` (or a
+        forced stop), then cancel what still runs. Returns the monotonic time by which the rest of the
+        shutdown must be done."""
+        self._stopping.set()
+        self.intake.start_batch_in_hand()
+        grace = self.settings.shutdown_grace
+        if self.slots.busy:
+            log.info("draining %d in-flight tasks (grace %.0fs)", self.slots.busy, grace)
+        deadline = time.monotonic() + grace
+        end = deadline + AFTER_GRACE_S
+        while self.slots.busy or self.leases:  # crawls running, or outcomes not yet written
+            if self.slots.busy:
+                self.slots.wait_idle(0.2)
+            else:
+                time.sleep(0.01)
+            self.intake.give_back_stale()  # read ahead behind crawls that do not end: another daemon's
+            if not (self.slots.busy or self.leases):
+                break
+            if self._forced.is_set() or time.monotonic() >= deadline:
+                self._forced.set()  # writes stop retrying too: nothing may outlast the grace period
+                end = min(end, time.monotonic() + AFTER_GRACE_S)
+                self.intake.give_back_stale(max_wait=0)  # not started: back to the stream, not cancelled
+                left_pending = self.leases.cancel_all("shutdown")
+                log.warning("grace period over: %d crawls cancelled and left pending", left_pending)
+                self.slots.wait_idle(min(2.0, max(0.0, end - time.monotonic())))
+                break
+        return end
 
     # -- the read loop ------------------------------------------------------------------------------------
 

@@ -1,12 +1,19 @@
 """The read loop's turn: read (or recover, or reclaim) as many entries as there are free worker slots,
 classify the batch in one round-trip, hand each entry on. The daemon runs ``turn`` in its main thread.
 
-It reads only as many entries as there are free workers (no queue of claimed-but-unstarted work that a
-crash or a reclaim would duplicate), blocks in XREADGROUP (so a new task starts within milliseconds), and
-stops reading while the crawler's circuit is open. Each batch is classified in one round-trip (specs and
-run locks, with the next batch's read in the same pipeline): skips and duplicates go straight to the
-writer, only real crawls (and stops) reach the workers. A read's reply is never re-sent: after any error
-the next turn recovers this consumer's pending entries that no thread holds.
+It reads as many entries as there are free workers, blocks in XREADGROUP (so a new task starts within
+milliseconds), and stops reading while the crawler's circuit is open. Each batch is classified in one
+round-trip (specs and run locks, with the next batch's read in the same pipeline): skips and duplicates
+go straight to the writer, stops to a thread of their own (never behind a crawl), crawls to the workers.
+A read's reply is never re-sent: after any error the next turn recovers this consumer's pending entries
+that no thread holds.
+
+Read-ahead: while crawls are quick (``AHEAD_QUICK_S``) and the circuit is closed, it reads up to
+``AHEAD_MAX`` entries more than there are free workers, so a worker that ends a crawl finds the next one
+waiting instead of idling through the read's round trips. Such an entry is held by this daemon (lease
+renewed, run lock taken) but not started, so it is bounded: one not started within ``AHEAD_WAIT_S`` (the
+crawls are hung, or slow all at once) is given back to the stream for any daemon, no retry counted, and
+read-ahead pauses (``AHEAD_PAUSE_S``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.leases import Leases, Running
-from scheduler.daemon.outcomes import LeavePending, Outcome, Outcomes
+from scheduler.daemon.outcomes import GIVEN_BACK, LeavePending, Outcome, Outcomes, Skip
 from scheduler.daemon.routing import route
 from scheduler.daemon.runner import TaskRunner
 from scheduler.daemon.slots import Slots
@@ -36,6 +43,10 @@ from scheduler.tasks.registry import TaskSpec
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000  # XREADGROUP BLOCK: bounds how long a stop request waits for the read loop
+AHEAD_MAX = 4  # entries read beyond the free workers (at most a quarter of the pool)
+AHEAD_QUICK_S = 0.25  # read ahead only while a crawl takes less than this (moving average)
+AHEAD_WAIT_S = 1.0  # an entry no worker started within this is given back to the stream
+AHEAD_PAUSE_S = 10.0  # no read-ahead for this long after a give-back
 
 
 class Intake:
@@ -66,6 +77,14 @@ class Intake:
         self.metrics = metrics
         self._stopping = stopping
         self.workers: WorkerPool | None = None  # set by the daemon's start()
+        self.stops: WorkerPool | None = None  # stop messages' own thread, set by start()
+        self.ahead = min(AHEAD_MAX, slots.size // 4)
+        self.crawl_s = 0.0  # moving average of a worker's call: read-ahead only while crawls are quick
+        self._ahead_paused_until = 0.0
+        # handed to the workers, not started yet (oldest first): a worker takes its entry out before it
+        # starts, a give-back takes it out instead; whoever takes it owns its slot and its ending
+        self._waiting: dict[str, Running] = {}
+        self._waiting_lock = threading.Lock()
         self.batch: list[StreamMessage] = []  # read, slots reserved, not yet started
         # A read, reclaim or batch whose reply was lost or dropped may have left entries in this consumer's
         # pending list that no thread holds: take them up before reading on.
@@ -74,6 +93,8 @@ class Intake:
         self.next_health = 0.0
 
     def turn(self) -> None:
+        if self._waiting:
+            self.give_back_stale()
         if self.batch:  # read in the previous round-trip, slots reserved: start it, read on
             batch, self.batch = self.batch, []  # out of hand first: whatever fails, never started twice
             self.batch = self._advance(batch, read_more=True)
@@ -107,12 +128,45 @@ class Intake:
             self.batch = self._advance(messages, read_more=not probe, probe=probe)
 
     def _free(self, wait: float = 0.0) -> int:
-        """Worker slots free now; entries held but not yet recorded count too (at most a pool's worth may
-        wait for the writer)."""
-        free = self.slots.wait_free(timeout=wait) if wait else self.slots.size - self.slots.busy
+        """Worker slots free now, with the read-ahead's; entries held but not yet recorded count too (at
+        most a pool's worth may wait for the writer)."""
+        limit = self._limit()
+        free = self.slots.wait_free(timeout=wait, limit=limit) if wait else limit - self.slots.busy
         # never negative: a batch in hand reserves slots before it is handed on, and a count below 1 is
         # no read at all (XREADGROUP refuses COUNT 0 or less)
         return max(0, min(free, 2 * self.slots.size - len(self.leases)))
+
+    def _limit(self) -> int:
+        """Entries the workers may be handed: one per worker, and the read-ahead while it is on."""
+        quick = self.ahead and self.crawl_s < AHEAD_QUICK_S and time.monotonic() >= self._ahead_paused_until
+        if quick and self.breaker.state == "closed":
+            return self.slots.size + self.ahead
+        return self.slots.size
+
+    def give_back_stale(self, max_wait: float | None = None) -> int:
+        """Entries handed to the workers ``max_wait`` (default ``AHEAD_WAIT_S``) ago and still not started
+        go back to the stream, for any daemon (no retry counted); read-ahead pauses. Returns how many."""
+        max_wait = AHEAD_WAIT_S if max_wait is None else max_wait
+        now = time.monotonic()
+        with self._waiting_lock:
+            if not self._waiting or now - next(iter(self._waiting.values())).started < max_wait:
+                return 0
+            stale = [r for r in self._waiting.values() if now - r.started >= max_wait]
+            for running in stale:
+                del self._waiting[running.msg.id]
+        self._ahead_paused_until = now + AHEAD_PAUSE_S
+        for running in stale:
+            self.slots.give()
+            # a stop that cancelled it meanwhile: acknowledged, as its crawl would have been
+            self.writer.submit(
+                running, Skip("cancelled") if running.cancel_reason == "stopped" else GIVEN_BACK
+            )
+        if max_wait:
+            log.warning("gave back %d entries no worker started within %.0fs (crawls slow or hung); "
+                        "read-ahead paused for %.0fs", len(stale), max_wait, AHEAD_PAUSE_S)  # fmt: skip
+        else:
+            log.warning("gave back %d entries no worker had started", len(stale))
+        return len(stale)
 
     def _half_open_check(self) -> bool:
         """Half-open: a health answer decides without spending a task. False: stay out this turn."""
@@ -238,16 +292,33 @@ class Intake:
             if verdicts.get(msg.id) == "healed":
                 self.metrics.run_locks_healed.inc()
                 log.warning("run lock of task %d named no live run: taken over", msg.message.task_id)
-            self.metrics.workers_busy.inc()
+            stop = msg.message.action == "stop"
+            if not stop:
+                with self._waiting_lock:
+                    self._waiting[msg.id] = running
             try:
-                self.workers.submit(self._work, running, spec)
+                if stop:  # a thread of its own: a stop never waits behind crawls, hung ones included
+                    assert self.stops is not None
+                    self.stops.submit(self._work, running, spec)
+                else:
+                    self.workers.submit(self._crawl, running, spec)
             except RuntimeError:  # the pool is shut down: left pending for a restart
-                self.metrics.workers_busy.dec()
+                with self._waiting_lock:
+                    self._waiting.pop(msg.id, None)
                 self.slots.give()
                 self.leases.forget(running)
 
+    def _crawl(self, running: Running, spec: TaskSpec | None) -> None:
+        with self._waiting_lock:
+            if self._waiting.pop(running.msg.id, None) is not running:
+                return  # given back before a worker came to it: not this worker's any more
+        started = time.monotonic()
+        self._work(running, spec)
+        self.crawl_s += (time.monotonic() - started - self.crawl_s) / 8  # a lost update only blurs it
+
     def _work(self, running: Running, spec: TaskSpec | None) -> None:
         outcome: Outcome = LeavePending("worker error")
+        self.metrics.workers_busy.inc()
         try:
             outcome = self.runner.run(running, spec)
         except (QueueConnectionError, redis.RedisError) as exc:  # a stop or re-enable not written

@@ -96,6 +96,12 @@ class LeavePending:
 
 Outcome = Success | Retry | DeadLetter | Skip | LeavePending
 
+# Back on the stream at once, for any daemon, with no retry counted and no status written: an entry read
+# ahead that no worker started in time (``intake``), or one whose crawl would go out while the crawler's
+# circuit is open (``runner``). The run lock goes to the re-added entry.
+GIVEN_BACK = Retry(0.0, False, "", "GIVEN_BACK", 0.0)
+CIRCUIT_OPEN = Retry(0.0, False, "", "CIRCUIT_OPEN", 0.0)
+
 
 # -- the retry policy ------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient, FetchOutcome
 from scheduler.crawler.mapping import build_request, item_dict
 from scheduler.daemon.leases import Running
-from scheduler.daemon.outcomes import LeavePending, Outcome, Skip, Success, after_failure
+from scheduler.daemon.outcomes import CIRCUIT_OPEN, LeavePending, Outcome, Skip, Success, after_failure
 from scheduler.errors import CrawlCancelledError, CrawlerError
 from scheduler.metrics import Metrics
 from scheduler.results.goodshunter import GoodsHunterResults, TaskContext
@@ -67,6 +67,10 @@ class TaskRunner:
         if task.action == "stop":
             return self._stop(msg, requested)
         assert spec is not None  # the read loop passes only runnable executes
+        if not running.probe and self.breaker.state == "open":
+            # read while the circuit was closed, started after it opened: the call would fail and spend
+            # a retry; back on the stream instead, for when the crawler answers again
+            return CIRCUIT_OPEN
         if spec.status == "stopped" and self.lifecycle.resume(task.task_id, requested, spec) != "applied":
             return Skip("skipped")  # deleted meanwhile, or a later stop exists
         context = self._prepare(running)

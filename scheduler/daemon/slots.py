@@ -7,10 +7,10 @@ import time
 
 
 class Slots:
-    """Counts busy workers; the read loop waits here so it never holds more messages than free workers.
-
-    A slot stays taken until the entry is ended (a success: until the OutcomeWriter recorded it), so the
-    count is also the number of entries whose leases this daemon renews."""
+    """Counts the entries handed to the workers and not yet done; the read loop waits here so it never
+    holds more than the workers can start (``size``) plus, while crawls are quick, a few read ahead
+    (``limit``: see ``intake``). A slot is given back when the worker's call returns (its outcome may
+    still wait for the writer: ``Leases`` holds it until then), or when an entry is ended without one."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -21,11 +21,13 @@ class Slots:
     def busy(self) -> int:
         return self._busy
 
-    def wait_free(self, timeout: float) -> int:
+    def wait_free(self, timeout: float, limit: int | None = None) -> int:
+        """Slots free below ``limit`` (default ``size``), waiting up to ``timeout`` while there are none."""
+        limit = self.size if limit is None else limit
         with self._cond:
-            if self._busy >= self.size:
+            if self._busy >= limit:
                 self._cond.wait(timeout)
-            return self.size - self._busy
+            return limit - self._busy
 
     def take(self, n: int = 1) -> None:
         with self._cond:

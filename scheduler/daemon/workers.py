@@ -4,7 +4,8 @@
 work item, a result set on it), which nobody here reads: the read loop hands a crawl over and forgets it,
 and the worker hands its outcome to the writer itself. Without them a hand-over costs 5.6 instead of
 11.9 µs of CPU (submit and run, 16 threads). The pool is as large as the worker slots (``Slots``), so the
-queue never holds more than a batch in hand.
+queue holds at most the read-ahead (``intake``), whose entries the read loop takes back if no worker
+comes to them in time.
 """
 
 from __future__ import annotations
