@@ -33,8 +33,8 @@ class Metrics:
         )
         self.tasks_processed = Counter(
             "goodshunter_tasks_processed",
-            "Task messages ended, by outcome: success, no_items, requeued, deferred, dead_lettered, "
-            "skipped, duplicate, cancelled, stop.",
+            "Task messages ended, by outcome: success, no_items, requeued, deferred, given_back, "
+            "circuit_open, dead_lettered, skipped, duplicate, cancelled, stop.",
             ["status"],
             registry=r,
         )

@@ -15,9 +15,9 @@ from scheduler.config.load import load_settings
 from scheduler.daemon import intake
 from scheduler.daemon.app import Daemon
 from scheduler.daemon.leases import Running
-from scheduler.daemon.outcomes import CIRCUIT_OPEN
+from scheduler.daemon.outcomes import CIRCUIT_OPEN, Success
 from scheduler.devtools.redis_server import RedisServer
-from scheduler.taskqueue import Producer, keys
+from scheduler.taskqueue import Producer, StreamMessage, keys
 from scheduler.taskqueue.message import decode
 from scheduler.tasks.registry import RedisTaskRegistry, TaskSpec
 from tests.daemon_parts import wired_daemons
@@ -26,12 +26,20 @@ from tests.e2e.support import pending_count, statuses, wait_until
 STREAM = keys.DEFAULT_STREAM
 
 
+WARM_UP = 100  # a quick task crawled first: read-ahead waits for a crawl to prove crawls are quick
+
+
 class Started:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, r: redis.Redis) -> None:
         self.daemon = daemon
         self.thread = threading.Thread(target=daemon.run)
         self.thread.start()
         assert daemon.started.wait(10)
+        if daemon.intake.ahead:
+            RedisTaskRegistry(r).put_many([TaskSpec(WARM_UP, "warm up")])
+            Producer(r).submit_task(WARM_UP, "user_create")
+            wait_until(lambda: daemon.intake._limit() > daemon.slots.size, 5, what="read-ahead on")
+            wait_until(lambda: not daemon.leases, 5, what="the warm-up's ending written")
 
     def stop(self, force: bool = False) -> None:
         self.daemon.request_stop(force=force)
@@ -40,7 +48,9 @@ class Started:
 
 
 @pytest.fixture
-def start(redis_server: RedisServer, crawler_stub: CrawlerStub) -> Iterator[Callable[..., Started]]:
+def start(
+    redis_server: RedisServer, r: redis.Redis, crawler_stub: CrawlerStub
+) -> Iterator[Callable[..., Started]]:
     running: list[Started] = []
 
     def make(name: str, workers: int, **env: str) -> Started:
@@ -55,7 +65,7 @@ def start(redis_server: RedisServer, crawler_stub: CrawlerStub) -> Iterator[Call
                 **env,
             }
         )
-        started = Started(Daemon(settings, handle_signals=False))
+        started = Started(Daemon(settings, handle_signals=False), r)
         running.append(started)
         return started
 
@@ -94,13 +104,13 @@ def test_entries_read_ahead_of_hung_crawls_go_back_to_the_stream_for_another_dae
     wait_until(lambda: len(a.daemon.leases) == 10, 2, what="two entries read ahead")
     assert all(crawls(crawler_stub, t) == 0 for t in quick)
     # not started within AHEAD_WAIT_S: given back (no retry counted), and a reads no more ahead
-    wait_until(lambda: processed(a.daemon, "deferred") == 2, 5, what="the waiting entries given back")
+    wait_until(lambda: processed(a.daemon, "given_back") == 2, 5, what="the waiting entries given back")
     assert pending_count(r) == 8 and a.daemon.metrics.retries._value.get() == 0
-    assert a.daemon.intake._limit() == 8
+    assert a.daemon.intake._limit() == 8  # paused, and not quick until a crawl ends quickly again
     b = start("b", workers=2)
     wait_until(lambda: statuses(r, quick) == {t: "success" for t in quick}, 10, what="b crawled them")
     assert [crawls(crawler_stub, t) for t in quick] == [1, 1]
-    assert processed(b.daemon, "success") == 2 and processed(a.daemon, "success") == 0
+    assert processed(b.daemon, "success") == 2 and processed(a.daemon, "success") == 1  # a: the warm-up
     readded = [decode(fields[b"data"]) for _, fields in r.xrange(STREAM)]
     # each quick task's entry, and its re-add after it (an acked entry stays in the stream until trimmed)
     assert sorted(m.task_id for m in readded if m.task_id in quick) == [9, 9, 10, 10]
@@ -129,7 +139,7 @@ def test_the_grace_periods_end_gives_back_what_no_worker_started(
     _, [waiting] = hang_then_quick(r, 4, 1)
     wait_until(lambda: len(a.daemon.leases) == 5, 5, what="one entry read ahead")
     a.stop()  # the hung crawls outlast the grace period: cancelled and left pending
-    assert processed(a.daemon, "deferred") == 1
+    assert processed(a.daemon, "given_back") == 1
     assert pending_count(r) == 4  # the hung crawls' entries, for a restart or a reclaim
     unread = r.xreadgroup(keys.DEFAULT_GROUP, "probe", {STREAM: ">"})
     assert [decode(f[b"data"]).task_id for _, f in unread[0][1]] == [waiting]
@@ -139,7 +149,9 @@ def test_the_grace_periods_end_gives_back_what_no_worker_started(
 def test_read_ahead_only_while_crawls_are_quick_and_the_circuit_is_closed(redis_url: str) -> None:
     with wired_daemons(redis_url, APP_WORKER_POOL_SIZE="16") as make:
         d = make()
-        assert d.intake.ahead == 4 and d.intake._limit() == 20
+        assert d.intake.ahead == 4 and d.intake._limit() == 16  # until a crawl has ended quickly
+        d.intake.crawl_s = intake.AHEAD_QUICK_S / 10
+        assert d.intake._limit() == 20
         d.intake.crawl_s = intake.AHEAD_QUICK_S * 2  # slow crawls: nothing gained, entries would wait
         assert d.intake._limit() == 16
         d.intake.crawl_s = 0.0
@@ -164,5 +176,98 @@ def test_a_crawl_started_after_the_circuit_opened_goes_back_unspent(
         d.breaker.force_open()
         assert d.runner.run(Running(msg), spec) is CIRCUIT_OPEN
         assert crawler_stub.calls == []
-        assert d.runner.run(Running(msg, probe=True), spec).__class__.__name__ == "Success"
+        assert isinstance(d.runner.run(Running(msg, probe=True), spec), Success)
+        assert crawls(crawler_stub, 5) == 1
+
+
+class BusyPool:
+    """Stands in for a worker pool whose threads are all busy: it takes calls, and runs them (in order)
+    only when the test says so."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self.calls.append((fn, args))
+
+    def run_all(self) -> None:
+        while self.calls:
+            fn, args = self.calls.pop(0)
+            fn(*args)
+
+
+def handed_over(d: Daemon, r: redis.Redis, task_id: int, action: str = "execute") -> Running:
+    """One entry of the task read and handed to the (busy) pools, as a read-ahead is; its hold."""
+    if action == "stop":
+        Producer(r).stop_task(task_id)
+    else:
+        Producer(r).submit_task(task_id, "user_create")
+    d.consumer.ensure_group()
+    [msg] = d.consumer.read(1, block_ms=100)
+    return hand_over_again(d, msg)
+
+
+def hand_over_again(d: Daemon, msg: StreamMessage) -> Running:
+    d.slots.take(1)
+    d.intake._dispatch([msg], {msg.message.task_id: d.registry.get(msg.message.task_id)}, {msg.id: "run"}, 0,
+                       False)  # fmt: skip
+    return d.leases._held[msg.id]
+
+
+def test_a_hold_given_back_and_still_queued_never_takes_a_later_hold_of_the_entry(
+    redis_url: str, r: redis.Redis, crawler_stub: CrawlerStub
+) -> None:
+    """Review finding: given back, its ending not written (Redis refused it), the entry is recovered and
+    handed over again while the first hand-over's call still waits in the pool's queue. That call must
+    not take the new hold: the entry would be held for ever, never started, its slot and run lock kept."""
+    with wired_daemons(redis_url, crawler=crawler_stub.address, connect=True) as make:
+        d = make()
+        pool = d.intake.workers = BusyPool()  # type: ignore[assignment]
+        d.intake.stops = BusyPool()  # type: ignore[assignment]
+        RedisTaskRegistry(r).put_many([TaskSpec(7, "k7")])
+        first = handed_over(d, r, 7)
+        first.started -= intake.AHEAD_WAIT_S
+        assert d.intake.give_back_stale() == 1 and d.slots.busy == 0
+        d.leases.forget(first)  # the writer gave up on its ending: left pending, not held
+        hand_over_again(d, first.msg)  # the recovery hands the same entry over again
+        pool.run_all()  # workers free up: the given-back hand-over's call comes first, then the new one
+        assert crawls(crawler_stub, 7) == 1
+        assert d.slots.busy == 0 and not d.intake._waiting
+
+
+def test_a_stop_that_waits_too_long_for_its_thread_is_given_back(redis_url: str, r: redis.Redis) -> None:
+    """Review finding: stops queued behind a slow one (a slow database) held slots for as long; they are
+    given back like any entry no thread started in time (a stop applies the same re-added)."""
+    with wired_daemons(redis_url) as make:
+        d = make()
+        d.intake.workers = BusyPool()  # type: ignore[assignment]
+        stops = d.intake.stops = BusyPool()  # type: ignore[assignment]
+        RedisTaskRegistry(r).put_many([TaskSpec(7, "k7")])
+        held = handed_over(d, r, 7, action="stop")
+        held.started -= intake.AHEAD_WAIT_S
+        assert d.intake.give_back_stale() == 1 and d.slots.busy == 0
+        d.writer.start().close(5.0)
+        stops.run_all()  # the stops thread comes to it late: not its any more, nothing applied twice
+        assert RedisTaskRegistry(r).get(7).status == "running"  # type: ignore[union-attr]
+        assert pending_count(r) == 0
+        [(original, _), (_, fields)] = r.xrange(STREAM)
+        again = decode(fields[b"data"])  # the same stop, stamped with its request's time (origin)
+        assert (again.action, again.task_id, again.retry, again.origin) == ("stop", 7, 0, original.decode())
+
+
+def test_a_crawl_started_while_the_circuit_is_half_open_goes_back_unless_it_is_the_probe(
+    redis_url: str, r: redis.Redis, crawler_stub: CrawlerStub
+) -> None:
+    with wired_daemons(redis_url, crawler=crawler_stub.address, connect=True,
+                       APP_BREAKER_OPEN_DURATION="0.2s") as make:  # fmt: skip
+        d = make()
+        RedisTaskRegistry(r).put_many([TaskSpec(5, "k5")])
+        Producer(r).submit_task(5, "user_create")
+        d.consumer.ensure_group()
+        [msg] = d.consumer.read(1, block_ms=100)
+        d.breaker.force_open()
+        wait_until(lambda: d.breaker.state == "half_open", 2)
+        assert d.runner.run(Running(msg), d.registry.get(5)) is CIRCUIT_OPEN
+        assert crawler_stub.calls == []
+        assert isinstance(d.runner.run(Running(msg, probe=True), d.registry.get(5)), Success)
         assert crawls(crawler_stub, 5) == 1

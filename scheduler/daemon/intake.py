@@ -11,9 +11,11 @@ that no thread holds.
 Read-ahead: while crawls are quick (``AHEAD_QUICK_S``) and the circuit is closed, it reads up to
 ``AHEAD_MAX`` entries more than there are free workers, so a worker that ends a crawl finds the next one
 waiting instead of idling through the read's round trips. Such an entry is held by this daemon (lease
-renewed, run lock taken) but not started, so it is bounded: one not started within ``AHEAD_WAIT_S`` (the
-crawls are hung, or slow all at once) is given back to the stream for any daemon, no retry counted, and
-read-ahead pauses (``AHEAD_PAUSE_S``).
+renewed, run lock taken) but not started, so it is bounded: one (a stop too) not started within
+``AHEAD_WAIT_S`` (the crawls are hung, or slow all at once) is given back to the stream for any daemon, no
+retry counted, and read-ahead pauses (``AHEAD_PAUSE_S``, then until a crawl has ended quickly). A worker
+and the give-back each claim the very hold they were handed: exactly one of them owns its slot and its
+ending.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.leases import Leases, Running
-from scheduler.daemon.outcomes import GIVEN_BACK, LeavePending, Outcome, Outcomes, Skip
+from scheduler.daemon.outcomes import GIVEN_BACK, LeavePending, Outcome, Outcomes, Skip, crawled
 from scheduler.daemon.routing import route
 from scheduler.daemon.runner import TaskRunner
 from scheduler.daemon.slots import Slots
@@ -79,7 +81,8 @@ class Intake:
         self.workers: WorkerPool | None = None  # set by the daemon's start()
         self.stops: WorkerPool | None = None  # stop messages' own thread, set by start()
         self.ahead = min(AHEAD_MAX, slots.size // 4)
-        self.crawl_s = 0.0  # moving average of a worker's call: read-ahead only while crawls are quick
+        # moving average of a crawl: read-ahead only while crawls are quick (not before one has proved it)
+        self.crawl_s = AHEAD_QUICK_S
         self._ahead_paused_until = 0.0
         # handed to the workers, not started yet (oldest first): a worker takes its entry out before it
         # starts, a give-back takes it out instead; whoever takes it owns its slot and its ending
@@ -155,6 +158,7 @@ class Intake:
             for running in stale:
                 del self._waiting[running.msg.id]
         self._ahead_paused_until = now + AHEAD_PAUSE_S
+        self.crawl_s = max(self.crawl_s, AHEAD_QUICK_S)  # hung crawls never end to say so: quick no more
         for running in stale:
             self.slots.give()
             # a stop that cancelled it meanwhile: acknowledged, as its crawl would have been
@@ -162,10 +166,10 @@ class Intake:
                 running, Skip("cancelled") if running.cancel_reason == "stopped" else GIVEN_BACK
             )
         if max_wait:
-            log.warning("gave back %d entries no worker started within %.0fs (crawls slow or hung); "
+            log.warning("gave back %d entries no thread started within %.0fs (crawls slow or hung); "
                         "read-ahead paused for %.0fs", len(stale), max_wait, AHEAD_PAUSE_S)  # fmt: skip
         else:
-            log.warning("gave back %d entries no worker had started", len(stale))
+            log.warning("gave back %d entries no thread had started", len(stale))
         return len(stale)
 
     def _half_open_check(self) -> bool:
@@ -274,9 +278,12 @@ class Intake:
         locked_ms: int,
         probe: bool,
     ) -> None:
-        """Hand each message on: to a worker (a crawl or a stop), or straight to the writer (skips and
-        duplicates). No Redis call here, so nothing can fail half-way through a batch."""
-        assert self.workers is not None
+        """Hand each message on: to a worker (a crawl), to the stops thread, or straight to the writer
+        (skips and duplicates). No Redis call here, so nothing can fail half-way through a batch. Every
+        entry of the batch is held before any is handed on: a stop that runs at once on its own thread
+        finds the batch's crawls of its task, retries of older requests among them, there to cancel."""
+        assert self.workers is not None and self.stops is not None
+        started: list[tuple[Running, TaskSpec | None]] = []
         for msg in messages:
             spec = specs.get(msg.message.task_id)
             outcome = route(msg, spec, verdicts.get(msg.id), self.registry.owns_status)
@@ -292,31 +299,38 @@ class Intake:
             if verdicts.get(msg.id) == "healed":
                 self.metrics.run_locks_healed.inc()
                 log.warning("run lock of task %d named no live run: taken over", msg.message.task_id)
-            stop = msg.message.action == "stop"
-            if not stop:
-                with self._waiting_lock:
-                    self._waiting[msg.id] = running
+            started.append((running, spec))
+        for running, spec in started:
+            with self._waiting_lock:
+                self._waiting[running.msg.id] = running
+            # a stop has a thread of its own: it never waits behind crawls, hung ones included
+            pool = self.stops if running.msg.message.action == "stop" else self.workers
             try:
-                if stop:  # a thread of its own: a stop never waits behind crawls, hung ones included
-                    assert self.stops is not None
-                    self.stops.submit(self._work, running, spec)
-                else:
-                    self.workers.submit(self._crawl, running, spec)
+                pool.submit(self._start, running, spec)
             except RuntimeError:  # the pool is shut down: left pending for a restart
-                with self._waiting_lock:
-                    self._waiting.pop(msg.id, None)
-                self.slots.give()
-                self.leases.forget(running)
+                if self._claim(running):
+                    self.slots.give()
+                    self.leases.forget(running)
 
-    def _crawl(self, running: Running, spec: TaskSpec | None) -> None:
+    def _claim(self, running: Running) -> bool:
+        """Take this very hold out of the waiting ones: True for exactly one caller, the worker that
+        starts it or the give-back (a hold given back and still queued never takes a later hold of the
+        same entry: recovered after a failed write, or reclaimed back)."""
         with self._waiting_lock:
-            if self._waiting.pop(running.msg.id, None) is not running:
-                return  # given back before a worker came to it: not this worker's any more
-        started = time.monotonic()
-        self._work(running, spec)
-        self.crawl_s += (time.monotonic() - started - self.crawl_s) / 8  # a lost update only blurs it
+            if self._waiting.get(running.msg.id) is not running:
+                return False
+            del self._waiting[running.msg.id]
+            return True
 
-    def _work(self, running: Running, spec: TaskSpec | None) -> None:
+    def _start(self, running: Running, spec: TaskSpec | None) -> None:
+        if not self._claim(running):
+            return  # given back before a worker came to it: not this worker's any more
+        began = time.monotonic()
+        outcome = self._work(running, spec)
+        if crawled(outcome):  # not a stop, a skip or a give-back; a lost update only blurs the average
+            self.crawl_s += (time.monotonic() - began - self.crawl_s) / 8
+
+    def _work(self, running: Running, spec: TaskSpec | None) -> Outcome:
         outcome: Outcome = LeavePending("worker error")
         self.metrics.workers_busy.inc()
         try:
@@ -335,6 +349,7 @@ class Intake:
             self.metrics.workers_busy.dec()
             self.slots.give()
             self.writer.submit(running, outcome)
+        return outcome
 
     def start_batch_in_hand(self) -> None:
         """Entries already read when the stop came are started like any in-flight work (or, if Redis is

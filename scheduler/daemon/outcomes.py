@@ -101,6 +101,14 @@ Outcome = Success | Retry | DeadLetter | Skip | LeavePending
 # circuit is open (``runner``). The run lock goes to the re-added entry.
 GIVEN_BACK = Retry(0.0, False, "", "GIVEN_BACK", 0.0)
 CIRCUIT_OPEN = Retry(0.0, False, "", "CIRCUIT_OPEN", 0.0)
+_DEFERRALS = {"GIVEN_BACK": "given_back", "CIRCUIT_OPEN": "circuit_open"}  # their outcome labels
+
+
+def crawled(outcome: Outcome) -> bool:
+    """Did a crawl go out and end (a success or a failure), rather than a stop, a skip or a give-back?"""
+    return isinstance(outcome, Success | DeadLetter) or (
+        isinstance(outcome, Retry) and bool(outcome.error_text)
+    )
 
 
 # -- the retry policy ------------------------------------------------------------------------------------
@@ -269,7 +277,9 @@ class Outcomes:
             extra |= {"duration_ms": round(outcome.duration_s * 1000, 1), "code": "OK", "calls": outcome.calls,
                       "new_items": new_items}  # fmt: skip
         elif isinstance(outcome, Retry):
-            label = "requeued" if outcome.error_text else "deferred"  # no error: a re-enable that waits
+            # no error: a request that waits for its task's run (deferred), or given back unstarted
+            # (given_back: read ahead, no worker in time; circuit_open: the crawler is failing)
+            label = "requeued" if outcome.error_text else _DEFERRALS.get(outcome.code, "deferred")
             if outcome.error_text:
                 m.processing_duration.observe(outcome.duration_s)
             if outcome.count_retry:

@@ -67,9 +67,9 @@ class TaskRunner:
         if task.action == "stop":
             return self._stop(msg, requested)
         assert spec is not None  # the read loop passes only runnable executes
-        if not running.probe and self.breaker.state == "open":
-            # read while the circuit was closed, started after it opened: the call would fail and spend
-            # a retry; back on the stream instead, for when the crawler answers again
+        if not running.probe and self.breaker.state != "closed":
+            # read while the circuit was closed, started after it opened (or while the half-open probe
+            # decides): the call would likely fail and spend a retry; back on the stream instead
             return CIRCUIT_OPEN
         if spec.status == "stopped" and self.lifecycle.resume(task.task_id, requested, spec) != "applied":
             return Skip("skipped")  # deleted meanwhile, or a later stop exists
