@@ -17,13 +17,13 @@ from typing import Protocol
 
 import redis
 
-from scheduler.chaos.cluster import GROUP, LEASE_TIMEOUT_S, STREAM, Cluster, Daemon
+from scheduler.chaos.cluster import CRAWLER_DEADLINE_S, GROUP, LEASE_TIMEOUT_S, STREAM, Cluster, Daemon
 from scheduler.chaos.proxy import FaultyProxy
 from scheduler.chaos.state import entry_key, text
 
 FAULTS = (
     "client-kill", "proxy", "pause", "kill9", "sigstop", "sigterm",
-    "crawler", "redis-restart", "trim", "idle-kill",
+    "crawler", "crawler-hang", "redis-restart", "trim", "idle-kill",
 )  # fmt: skip
 KILL_WINDOW_S = 1.0  # a crawl that ended this long before a kill may not have its outcome recorded yet
 OUTAGE_RISK_S = LEASE_TIMEOUT_S / 3  # an outage this long can let a lease run out (renewed every lease/3)
@@ -238,6 +238,19 @@ class Injector(threading.Thread):
             time.sleep(down)
             self.h.cluster.crawler.start()
             self.h.log(Event("crawler-restart", t0, time.time(), detail=f"down {down:.2f}s"))
+
+    def do_crawler_hang(self) -> None:
+        """The crawler stops answering without closing anything (SIGSTOP): calls hang until their
+        deadline, entries read ahead wait behind them and are given back, the circuit opens. A call the
+        crawler takes up after SIGCONT may run although its caller gave up: a legitimate repeat."""
+        if self.wait(3.0, 8.0) and (process := self.h.cluster.crawler.process) is not None:
+            hang = self.rng.uniform(1.2, 4.0)
+            t0 = time.time()
+            process.send_signal(signal.SIGSTOP)
+            time.sleep(hang)  # not the stop event: a stopped crawler must always be continued
+            process.send_signal(signal.SIGCONT)
+            self.h.log(Event("crawler-hang", t0, time.time() + CRAWLER_DEADLINE_S, risk=True,
+                             detail=f"hung {hang:.2f}s"))  # fmt: skip
 
     def do_idle_kill(self) -> None:
         if not self.wait(1.0, 3.0) or not self.h.idle():

@@ -179,6 +179,7 @@ def run(scenario: str, seed: str, opts: Options) -> None:
         ("proxy", "ci-1"),
         ("redis-restart", "ci-1"),
         ("crawler", "ci-1"),
+        ("crawler-hang", "ci-1"),
         ("trim", "ci-1"),
     ],
 )
