@@ -5,6 +5,7 @@ in-process."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from scheduler.config.load import load_settings
 from scheduler.daemon import intake
 from scheduler.daemon.app import Daemon
 from scheduler.daemon.leases import Running
-from scheduler.daemon.outcomes import CIRCUIT_OPEN, Success
+from scheduler.daemon.outcomes import CIRCUIT_OPEN, Skip, Success
 from scheduler.devtools.redis_server import RedisServer
 from scheduler.taskqueue import Producer, StreamMessage, keys
 from scheduler.taskqueue.message import decode
@@ -235,24 +236,31 @@ def test_a_hold_given_back_and_still_queued_never_takes_a_later_hold_of_the_entr
         assert d.slots.busy == 0 and not d.intake._waiting
 
 
-def test_a_stop_that_waits_too_long_for_its_thread_is_given_back(redis_url: str, r: redis.Redis) -> None:
-    """Review finding: stops queued behind a slow one (a slow database) held slots for as long; they are
-    given back like any entry no thread started in time (a stop applies the same re-added)."""
+def test_stops_waiting_for_their_thread_hold_no_slot_and_are_never_given_back(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """Review findings: stops queued behind a slow one (a slow database) first held worker slots with no
+    bound; then, under the 1 s give-back, were re-added behind the backlog again and again, and each
+    give-back paused read-ahead. A stop takes no worker: no slot, never given back, and applied once
+    its thread comes to it (held meanwhile, counted against the reads like an outcome owed)."""
     with wired_daemons(redis_url) as make:
         d = make()
         d.intake.workers = BusyPool()  # type: ignore[assignment]
         stops = d.intake.stops = BusyPool()  # type: ignore[assignment]
-        RedisTaskRegistry(r).put_many([TaskSpec(7, "k7")])
-        held = handed_over(d, r, 7, action="stop")
-        held.started -= intake.AHEAD_WAIT_S
-        assert d.intake.give_back_stale() == 1 and d.slots.busy == 0
+        RedisTaskRegistry(r).put_many([TaskSpec(7, "k7"), TaskSpec(8, "k8")])
+        time.sleep(0.01)  # a stop made in the registration's own millisecond is ordered before it (stale)
+        held = [handed_over(d, r, t, action="stop") for t in (7, 8)]
+        assert d.slots.busy == 0 and len(d.leases) == 2  # held, no worker slot taken
+        for h in held:
+            h.started -= 10 * intake.AHEAD_WAIT_S
+        d.intake.crawl_s = 0.0
+        assert d.intake.give_back_stale() == 0
+        assert d.intake._limit() == d.slots.size + d.intake.ahead  # read-ahead not paused by stops
+        stops.run_all()  # the stops thread comes to them late: applied, once each
         d.writer.start().close(5.0)
-        stops.run_all()  # the stops thread comes to it late: not its any more, nothing applied twice
-        assert RedisTaskRegistry(r).get(7).status == "running"  # type: ignore[union-attr]
-        assert pending_count(r) == 0
-        [(original, _), (_, fields)] = r.xrange(STREAM)
-        again = decode(fields[b"data"])  # the same stop, stamped with its request's time (origin)
-        assert (again.action, again.task_id, again.retry, again.origin) == ("stop", 7, 0, original.decode())
+        assert [RedisTaskRegistry(r).get(t).status for t in (7, 8)] == ["stopped", "stopped"]  # type: ignore[union-attr]
+        assert pending_count(r) == 0 and r.xlen(STREAM) == 2  # nothing re-added
+        assert d.slots.busy == 0 and not d.leases
 
 
 def test_a_crawl_started_while_the_circuit_is_half_open_goes_back_unless_it_is_the_probe(
@@ -267,7 +275,12 @@ def test_a_crawl_started_while_the_circuit_is_half_open_goes_back_unless_it_is_t
         [msg] = d.consumer.read(1, block_ms=100)
         d.breaker.force_open()
         wait_until(lambda: d.breaker.state == "half_open", 2)
-        assert d.runner.run(Running(msg), d.registry.get(5)) is CIRCUIT_OPEN
-        assert crawler_stub.calls == []
-        assert isinstance(d.runner.run(Running(msg, probe=True), d.registry.get(5)), Success)
+        given_back = Running(msg)
+        assert d.runner.run(given_back, d.registry.get(5)) is CIRCUIT_OPEN
+        assert crawler_stub.calls == [] and not given_back.fetched  # no crawl: read-ahead's average untouched
+        stopped = Running(msg, cancel_reason="stopped")  # a stop cancelled it while it waited: acked
+        stopped.token.cancel()
+        assert d.runner.run(stopped, d.registry.get(5)) == Skip("cancelled")
+        probe = Running(msg, probe=True)
+        assert isinstance(d.runner.run(probe, d.registry.get(5)), Success) and probe.fetched
         assert crawls(crawler_stub, 5) == 1

@@ -11,7 +11,7 @@ that no thread holds.
 Read-ahead: while crawls are quick (``AHEAD_QUICK_S``) and the circuit is closed, it reads up to
 ``AHEAD_MAX`` entries more than there are free workers, so a worker that ends a crawl finds the next one
 waiting instead of idling through the read's round trips. Such an entry is held by this daemon (lease
-renewed, run lock taken) but not started, so it is bounded: one (a stop too) not started within
+renewed, run lock taken) but not started, so it is bounded: one not started within
 ``AHEAD_WAIT_S`` (the crawls are hung, or slow all at once) is given back to the stream for any daemon, no
 retry counted, and read-ahead pauses (``AHEAD_PAUSE_S``, then until a crawl has ended quickly). A worker
 and the give-back each claim the very hold they were handed: exactly one of them owns its slot and its
@@ -30,7 +30,7 @@ from scheduler.config.settings import Settings
 from scheduler.crawler.breaker import CircuitBreaker
 from scheduler.crawler.client import CrawlerClient
 from scheduler.daemon.leases import Leases, Running
-from scheduler.daemon.outcomes import GIVEN_BACK, LeavePending, Outcome, Outcomes, Skip, crawled
+from scheduler.daemon.outcomes import GIVEN_BACK, LeavePending, Outcome, Outcomes, Skip
 from scheduler.daemon.routing import route
 from scheduler.daemon.runner import TaskRunner
 from scheduler.daemon.slots import Slots
@@ -301,12 +301,20 @@ class Intake:
                 log.warning("run lock of task %d named no live run: taken over", msg.message.task_id)
             started.append((running, spec))
         for running, spec in started:
+            if running.msg.message.action == "stop":
+                # a thread of its own: a stop never waits behind crawls, hung ones included. It takes no
+                # worker, so no slot (held, it counts against the reads like an outcome the writer owes),
+                # and it is never given back: re-added behind the backlog it would only come later
+                self.slots.give()
+                try:
+                    self.stops.submit(self._work, running, spec, False)
+                except RuntimeError:  # the pool is shut down: left pending for a restart
+                    self.leases.forget(running)
+                continue
             with self._waiting_lock:
                 self._waiting[running.msg.id] = running
-            # a stop has a thread of its own: it never waits behind crawls, hung ones included
-            pool = self.stops if running.msg.message.action == "stop" else self.workers
             try:
-                pool.submit(self._start, running, spec)
+                self.workers.submit(self._start, running, spec)
             except RuntimeError:  # the pool is shut down: left pending for a restart
                 if self._claim(running):
                     self.slots.give()
@@ -326,13 +334,15 @@ class Intake:
         if not self._claim(running):
             return  # given back before a worker came to it: not this worker's any more
         began = time.monotonic()
-        outcome = self._work(running, spec)
-        if crawled(outcome):  # not a stop, a skip or a give-back; a lost update only blurs the average
-            self.crawl_s += (time.monotonic() - began - self.crawl_s) / 8
+        self._work(running, spec)
+        if running.fetched:  # a crawl went out (not a skip, a give-back, a database failure before it)
+            self.crawl_s += (time.monotonic() - began - self.crawl_s) / 8  # a lost update only blurs it
 
-    def _work(self, running: Running, spec: TaskSpec | None) -> Outcome:
+    def _work(self, running: Running, spec: TaskSpec | None, worker: bool = True) -> Outcome:
+        """``worker``: on a crawl worker, holding a slot (False: a stop on its own thread)."""
         outcome: Outcome = LeavePending("worker error")
-        self.metrics.workers_busy.inc()
+        if worker:
+            self.metrics.workers_busy.inc()
         try:
             outcome = self.runner.run(running, spec)
         except (QueueConnectionError, redis.RedisError) as exc:  # a stop or re-enable not written
@@ -346,8 +356,9 @@ class Intake:
         finally:
             # The worker is free at once: crawls never wait for the writer. The entry stays held (lease
             # renewed) until the writer has ended it.
-            self.metrics.workers_busy.dec()
-            self.slots.give()
+            if worker:
+                self.metrics.workers_busy.dec()
+                self.slots.give()
             self.writer.submit(running, outcome)
         return outcome
 

@@ -34,6 +34,7 @@ class Running:
     # its outcome is being written: a renewal that finds the entry gone then sees this daemon's own
     # ending, not a loss
     ending: bool = False
+    fetched: bool = False  # its crawl went out (the worker called the crawler)
 
 
 class Leases:

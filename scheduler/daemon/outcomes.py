@@ -104,13 +104,6 @@ CIRCUIT_OPEN = Retry(0.0, False, "", "CIRCUIT_OPEN", 0.0)
 _DEFERRALS = {"GIVEN_BACK": "given_back", "CIRCUIT_OPEN": "circuit_open"}  # their outcome labels
 
 
-def crawled(outcome: Outcome) -> bool:
-    """Did a crawl go out and end (a success or a failure), rather than a stop, a skip or a give-back?"""
-    return isinstance(outcome, Success | DeadLetter) or (
-        isinstance(outcome, Retry) and bool(outcome.error_text)
-    )
-
-
 # -- the retry policy ------------------------------------------------------------------------------------
 
 

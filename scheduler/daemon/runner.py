@@ -67,7 +67,7 @@ class TaskRunner:
         if task.action == "stop":
             return self._stop(msg, requested)
         assert spec is not None  # the read loop passes only runnable executes
-        if not running.probe and self.breaker.state != "closed":
+        if not running.probe and running.cancel_reason is None and self.breaker.state != "closed":
             # read while the circuit was closed, started after it opened (or while the half-open probe
             # decides): the call would likely fail and spend a retry; back on the stream instead
             return CIRCUIT_OPEN
@@ -77,6 +77,7 @@ class TaskRunner:
         if not isinstance(context, TaskContext | None):
             return context  # the row is gone, its guest went idle, or the database failed
         started = time.monotonic()
+        running.fetched = True  # the read loop's measure of how quick crawls are
         try:
             fetched = self.crawler.fetch(build_request(spec), cancel=running.token)
         except CrawlCancelledError:
