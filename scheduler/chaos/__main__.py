@@ -15,7 +15,7 @@ from scheduler.chaos.report import Row, data_table, failures, table, write_json
 from scheduler.chaos.runner import SCENARIOS, Options
 
 QUICK_DEFAULT = [
-    "client-kill", "proxy", "pause", "kill9", "sigstop", "sigterm", "crawler",
+    "client-kill", "proxy", "pause", "kill9", "sigstop", "sigterm", "crawler", "crawler-hang",
     "redis-restart", "redis-restart-everysec", "trim", "backlog", "idle-kill", "mixed",
     "mysql-kill9",  # skipped, with one line, where no MariaDB answers
 ]  # fmt: skip
