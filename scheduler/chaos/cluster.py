@@ -16,6 +16,7 @@ from pathlib import Path
 
 import redis
 
+from scheduler.config.durations import parse_duration
 from scheduler.devtools.redis_server import RedisServer, free_port
 from scheduler.errors import SchedulerError
 from scheduler.taskqueue import keys
@@ -46,7 +47,7 @@ DAEMON_ENV = {
     "APP_TRIM_INTERVAL": "2s",
 }
 LEASE_TIMEOUT_S = 3.0
-CRAWLER_DEADLINE_S = 1.5  # APP_CRAWLER_DEADLINE
+CRAWLER_DEADLINE_S = parse_duration(DAEMON_ENV["APP_CRAWLER_DEADLINE"])
 
 
 class Crawler:

@@ -165,11 +165,8 @@ class Intake:
             self.writer.submit(
                 running, Skip("cancelled") if running.cancel_reason == "stopped" else GIVEN_BACK
             )
-        if max_wait:
-            log.warning("gave back %d entries no thread started within %.0fs (crawls slow or hung); "
-                        "read-ahead paused for %.0fs", len(stale), max_wait, AHEAD_PAUSE_S)  # fmt: skip
-        else:
-            log.warning("gave back %d entries no thread had started", len(stale))
+        log.warning("gave back %d entries that waited %.1fs or more for a worker (crawls slow or hung, or the "
+                    "shutdown); read-ahead paused for %.0fs", len(stale), max_wait, AHEAD_PAUSE_S)  # fmt: skip
         return len(stale)
 
     def _half_open_check(self) -> bool:
@@ -338,7 +335,7 @@ class Intake:
         if running.fetched:  # a crawl went out (not a skip, a give-back, a database failure before it)
             self.crawl_s += (time.monotonic() - began - self.crawl_s) / 8  # a lost update only blurs it
 
-    def _work(self, running: Running, spec: TaskSpec | None, worker: bool = True) -> Outcome:
+    def _work(self, running: Running, spec: TaskSpec | None, worker: bool = True) -> None:
         """``worker``: on a crawl worker, holding a slot (False: a stop on its own thread)."""
         outcome: Outcome = LeavePending("worker error")
         if worker:
@@ -360,7 +357,6 @@ class Intake:
                 self.metrics.workers_busy.dec()
                 self.slots.give()
             self.writer.submit(running, outcome)
-        return outcome
 
     def start_batch_in_hand(self) -> None:
         """Entries already read when the stop came are started like any in-flight work (or, if Redis is

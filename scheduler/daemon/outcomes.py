@@ -101,7 +101,6 @@ Outcome = Success | Retry | DeadLetter | Skip | LeavePending
 # circuit is open (``runner``). The run lock goes to the re-added entry.
 GIVEN_BACK = Retry(0.0, False, "", "GIVEN_BACK", 0.0)
 CIRCUIT_OPEN = Retry(0.0, False, "", "CIRCUIT_OPEN", 0.0)
-_DEFERRALS = {"GIVEN_BACK": "given_back", "CIRCUIT_OPEN": "circuit_open"}  # their outcome labels
 
 
 # -- the retry policy ------------------------------------------------------------------------------------
@@ -270,9 +269,9 @@ class Outcomes:
             extra |= {"duration_ms": round(outcome.duration_s * 1000, 1), "code": "OK", "calls": outcome.calls,
                       "new_items": new_items}  # fmt: skip
         elif isinstance(outcome, Retry):
-            # no error: a request that waits for its task's run (deferred), or given back unstarted
-            # (given_back: read ahead, no worker in time; circuit_open: the crawler is failing)
-            label = "requeued" if outcome.error_text else _DEFERRALS.get(outcome.code, "deferred")
+            # no error: not failed but put back, labelled by its code: deferred (a request that waits for
+            # its task's run), given_back (read ahead, no worker in time), circuit_open (crawler failing)
+            label = "requeued" if outcome.error_text else outcome.code.lower()
             if outcome.error_text:
                 m.processing_duration.observe(outcome.duration_s)
             if outcome.count_retry:
